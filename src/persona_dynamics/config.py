@@ -1,0 +1,275 @@
+"""Typed experiment configuration: one TOML file describes a whole study, validated up front.
+
+Every section has defaults, so a config names only what differs. An unknown key, a wrong type
+or a missing field is a `PersonaDynamicsError` naming the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from persona_dynamics.errors import PersonaDynamicsError, located
+
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Checkpoint(Section):
+    """One set of weights to study: a hub id at a revision or a local path, plus an adapter."""
+
+    label: str = Field(description="short name used in file names and plots, e.g. 'sft'")
+    model: str = Field(description="hub model id or local directory")
+    revision: str = "main"
+    adapter: str | None = Field(default=None, description="PEFT adapter directory applied on top")
+    stage: int | None = Field(
+        default=None, description="order along training; defaults to the position in the list"
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not LABEL.fullmatch(v):
+            raise ValueError("label must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+        return v
+
+
+class Roles(Section):
+    """Which roles and questions the study uses."""
+
+    dir: Path = Path("data/roles/instructions")
+    questions: Path = Path("data/roles/questions.jsonl")
+    include: list[str] = Field(default_factory=list, description="role names; empty means all")
+    question_count: int | None = Field(default=None, ge=1, description="first N questions only")
+    per_role_questions: bool = False
+    include_default: bool = True
+
+
+class Generation(Section):
+    """How transcripts are sampled from the reference checkpoint."""
+
+    backend: Literal["auto", "hf", "vllm", "openai"] = "auto"
+    checkpoint: str | None = Field(default=None, description="label; default: the reference")
+    model_display_name: str | None = Field(
+        default=None, description="fills {model_name} in default prompts; default: model id tail"
+    )
+    num_rollouts: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, gt=0)
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    batch_tokens: int = Field(default=16384, gt=0, description="hf: prompt+new tokens per batch")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, gt=0)
+    base_urls: list[str] = Field(default_factory=list, description="openai: server replicas")
+    api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
+    max_in_flight: int = Field(default=32, ge=1)
+
+
+class Judge(Section):
+    """The LLM judge that scores role expression 0-3."""
+
+    backend: Literal["openai", "local"] = "openai"
+    model: str = "gpt-4.1-mini"
+    revision: str = "main"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_in_flight: int = Field(default=16, ge=1)
+    max_requests: int | None = Field(default=None, ge=1, description="budget cap per run")
+    max_tokens: int = Field(default=32, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+
+
+class Capture(Section):
+    """How activations are captured for every checkpoint."""
+
+    backend: Literal["hooks", "nnsight", "lens"] = "hooks"
+    layers: list[int] | Literal["middle", "all"] = "middle"
+    aggregation: Literal["mean", "last", "none"] = "mean"
+    dtype: Literal["float32", "float16"] = "float32"
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    batch_tokens: int = Field(default=8192, gt=0)
+    checkpoints: list[str] = Field(default_factory=list, description="labels; empty means all")
+    none_max_samples: int = Field(default=256, ge=1, description="aggregation='none': subset size")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | str) -> list[int] | str:
+        if isinstance(v, list) and any(i < 0 for i in v):
+            raise ValueError("layer indices are zero-based and non-negative")
+        return v
+
+
+class Analysis(Section):
+    """Persona space, Assistant Axis and cross-checkpoint comparison."""
+
+    layers: list[int] = Field(default_factory=list, description="empty means every captured layer")
+    lead_layer: int | None = Field(default=None, description="default: the middle layer")
+    n_components: int = Field(default=10, ge=1)
+    score_categories: list[int] = Field(default_factory=lambda: [3, 2])
+    axis_category: int = 3
+    min_samples: int = Field(default=10, ge=1)
+    bootstrap: int = Field(default=200, ge=0)
+    seed: int = 0
+    refit: bool = False
+
+    @field_validator("score_categories")
+    @classmethod
+    def _cats(cls, v: list[int]) -> list[int]:
+        if not v or any(c not in (0, 1, 2, 3) for c in v):
+            raise ValueError("score categories are judge scores 0-3, at least one")
+        return v
+
+
+class Study(Section):
+    """A whole study: which model line, which checkpoints, and how each stage runs."""
+
+    run_name: str
+    output_root: Path = Path("outputs")
+    reference: str | None = Field(
+        default=None, description="label of the reference checkpoint; default: the last one"
+    )
+    stages: list[Literal["generate", "judge", "capture", "analyze", "compare", "report"]] = Field(
+        default_factory=lambda: ["generate", "judge", "capture", "analyze", "compare", "report"]
+    )
+    checkpoints: Annotated[list[Checkpoint], Field(min_length=1)]
+    roles: Roles = Field(default_factory=Roles)
+    generation: Generation = Field(default_factory=Generation)
+    judge: Judge | None = None
+    capture: Capture = Field(default_factory=Capture)
+    analysis: Analysis = Field(default_factory=Analysis)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        if not LABEL.fullmatch(v):
+            raise ValueError("run_name must be letters, digits, '_', '-', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _labels(self) -> Study:
+        labels = [c.label for c in self.checkpoints]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate checkpoint labels: {', '.join(dup)}")
+        for field, value in (
+            ("reference", self.reference),
+            ("generation.checkpoint", self.generation.checkpoint),
+            *(("capture.checkpoints", x) for x in self.capture.checkpoints),
+        ):
+            if value is not None and value not in labels:
+                raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")
+        return self
+
+    def checkpoint(self, label: str) -> Checkpoint:
+        """The checkpoint with this label, or an error listing the known ones."""
+        for c in self.checkpoints:
+            if c.label == label:
+                return c
+        known = ", ".join(c.label for c in self.checkpoints)
+        raise PersonaDynamicsError(f"unknown checkpoint label '{label}' (known: {known})")
+
+    @property
+    def reference_label(self) -> str:
+        return self.reference or self.checkpoints[-1].label
+
+    def path(self, kind: str) -> Path:
+        """`<output_root>/<kind>/<run_name>`: where a stage's files for this run live."""
+        return self.output_root / kind / self.run_name
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required field"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a table"
+    return f"{err['msg']} (got {shown})"
+
+
+def parse(data: dict[str, Any], source: str | Path = "<config>") -> Study:
+    """Validate a config dict; errors name the source, the key path and what was expected."""
+    try:
+        return Study.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{_loc(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        raise PersonaDynamicsError(located(source, "; ".join(lines))) from None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Read a TOML study config; `overrides` (dotted keys, e.g. from CLI flags) win over the file.
+
+    Relative paths inside are taken from the working directory, as paths on a command line are.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PersonaDynamicsError(f"{path}: config file not found") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python < 3.14 only puts the position in the message: "... (at line 3, column 10)"
+        m = re.search(r"^(.*?)\s*\(at line (\d+), column (\d+)\)$", str(exc))
+        msg, line, col = (m[1], int(m[2]), int(m[3])) if m else (str(exc), None, None)
+        raise PersonaDynamicsError(located(path, f"invalid TOML: {msg}", line, col)) from None
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return parse(data, path)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c = value` in nested dicts, creating tables as needed."""
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def dump(cfg: Study) -> str:
+    """The resolved config as TOML-like text, for `config check` and manifests."""
+    return _toml(cfg.model_dump(mode="json", exclude_none=True))
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    import json
+
+    scalars, tables, arrays = [], [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))
+        else:
+            scalars.append(f"{k} = {json.dumps(v)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for k, items in arrays:
+        for item in items:
+            out += f"\n[[{prefix}{k}]]\n" + _toml(item, f"{prefix}{k}.")
+    for k, v in tables:
+        out += f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.")
+    return out

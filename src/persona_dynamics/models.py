@@ -1,0 +1,146 @@
+"""Load a model and tokenizer at a revision (hub id or local path), optionally with an adapter.
+
+The hub path is the real one users take on a networked GPU box; with no network, the error says
+so and tells how to point at a local directory instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from persona_dynamics.config import Checkpoint
+from persona_dynamics.errors import PersonaDynamicsError, require
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' is CUDA when present, else CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    """'auto' is bfloat16 on CUDA and float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, DTYPES[dtype])
+
+
+def _hub_error(model: str, revision: str, exc: Exception) -> PersonaDynamicsError:
+    text = f"{type(exc).__name__}: {exc}"
+    offline = any(
+        s in text
+        for s in ("offline", "Connection", "resolve", "Max retries", "couldn't connect", "Network")
+    )
+    if offline:
+        return PersonaDynamicsError(
+            f"cannot load '{model}' at revision '{revision}': the model hub is unreachable from "
+            "here. Download it elsewhere and set the checkpoint's `model` to the local directory."
+        )
+    if "revision" in text.lower() or "RevisionNotFound" in text:
+        return PersonaDynamicsError(
+            f"'{model}' has no revision '{revision}' ({text.splitlines()[0]})"
+        )
+    return PersonaDynamicsError(
+        f"cannot load '{model}' at revision '{revision}': {text.splitlines()[0]}"
+    )
+
+
+def is_local(model: str) -> bool:
+    return Path(model).exists()
+
+
+def resolve_commit(model: str, revision: str) -> str | None:
+    """The commit a revision points at (hub), or None for a local directory or with no network."""
+    if is_local(model):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(model, revision=revision).sha
+    except Exception as exc:  # noqa: BLE001 - recorded as unknown, loading reports the real error
+        log.warning("could not resolve the commit of %s@%s: %s", model, revision, exc)
+        return None
+
+
+def load_tokenizer(model: str, revision: str = "main"):
+    """A fast tokenizer (offsets are needed for the response span)."""
+    from transformers import AutoTokenizer
+
+    kwargs = {} if is_local(model) else {"revision": revision}
+    try:
+        tok = AutoTokenizer.from_pretrained(model, **kwargs)
+    except OSError as exc:
+        raise _hub_error(model, revision, exc) from None
+    if not getattr(tok, "is_fast", False):
+        raise PersonaDynamicsError(f"'{model}': a fast tokenizer is required (for token offsets)")
+    return tok
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference, with what identifies it."""
+
+    model: object
+    label: str
+    model_id: str
+    revision: str
+    commit: str | None
+    adapter: str | None
+
+
+def load_model(ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", merge: bool = False):
+    """Load a checkpoint's weights (and its PEFT adapter, merged or not) in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    kwargs = {"dtype": pick_dtype(dtype, device)}
+    if not is_local(ckpt.model):
+        kwargs["revision"] = ckpt.revision
+    elif not Path(ckpt.model, "config.json").exists():
+        raise PersonaDynamicsError(f"{ckpt.model}: not a model directory (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ckpt.model, **kwargs)
+    except OSError as exc:
+        raise _hub_error(ckpt.model, ckpt.revision, exc) from None
+    if ckpt.adapter:
+        peft = require("train", "peft")
+        if not Path(ckpt.adapter, "adapter_config.json").exists():
+            raise PersonaDynamicsError(
+                f"{ckpt.adapter}: not a PEFT adapter (no adapter_config.json)"
+            )
+        model = peft.PeftModel.from_pretrained(model, ckpt.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    model.to(device).eval()
+    return Loaded(
+        model,
+        ckpt.label,
+        ckpt.model,
+        ckpt.revision,
+        resolve_commit(ckpt.model, ckpt.revision),
+        ckpt.adapter,
+    )
+
+
+def list_revisions(model: str) -> list[tuple[str, str, str]]:
+    """(kind, name, commit) for every branch and tag of a hub repo, for looping over RLVR steps."""
+    from huggingface_hub import HfApi
+
+    try:
+        refs = HfApi().list_repo_refs(model)
+    except Exception as exc:  # noqa: BLE001 - turned into one clear message
+        raise _hub_error(model, "*", exc) from None
+    out = [("branch", b.name, b.target_commit) for b in refs.branches]
+    out += [("tag", t.name, t.target_commit) for t in refs.tags]
+    return sorted(out, key=lambda r: (r[0], r[1]))

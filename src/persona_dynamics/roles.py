@@ -1,0 +1,282 @@
+"""Role instruction files and the shared question set: load, validate, digest.
+
+The schema is that of the published Assistant Axis role set (DESIGN.md, "Roles"), so a user can
+point the suite at that set or at their own directory in the same shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from persona_dynamics.errors import PersonaDynamicsError, located
+
+DEFAULT = "default"
+NAME = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role: its system-prompt variants, the judge's rubric and optional own questions."""
+
+    name: str
+    instructions: tuple[str, ...]
+    eval_prompt: str | None = None
+    questions: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT
+
+
+@dataclass(frozen=True)
+class Question:
+    id: int
+    question: str
+    category: str | None = None
+
+
+def read_json(path: Path) -> object:
+    """Parse a JSON file; a syntax error names file:line:column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PersonaDynamicsError(f"{path}: file not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PersonaDynamicsError(
+            located(path, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)
+        ) from None
+
+
+def load_role(path: str | Path) -> Role:
+    """Load and check one `<role>.json`; every problem names the file and field."""
+    path = Path(path)
+    name = path.stem
+    if not NAME.fullmatch(name):
+        raise PersonaDynamicsError(located(path, "role names (file stems) must match [a-z0-9_]+"))
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PersonaDynamicsError(located(path, "top level must be a JSON object"))
+    unknown = sorted(set(data) - {"instruction", "eval_prompt", "questions"})
+    if unknown:
+        raise PersonaDynamicsError(located(path, f"unknown field(s): {', '.join(unknown)}"))
+    inst = data.get("instruction")
+    if not isinstance(inst, list) or not inst:
+        raise PersonaDynamicsError(located(path, "field 'instruction' must be a non-empty list"))
+    texts = []
+    for i, item in enumerate(inst):
+        if not isinstance(item, dict) or not isinstance(item.get("pos"), str):
+            raise PersonaDynamicsError(
+                located(path, f"field 'instruction[{i}]' must be an object with a string 'pos'")
+            )
+        texts.append(item["pos"])
+    eval_prompt = data.get("eval_prompt")
+    if eval_prompt is not None and not isinstance(eval_prompt, str):
+        raise PersonaDynamicsError(located(path, "field 'eval_prompt' must be a string"))
+    questions = data.get("questions", [])
+    if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
+        raise PersonaDynamicsError(located(path, "field 'questions' must be a list of strings"))
+    if name != DEFAULT:
+        if not eval_prompt or not eval_prompt.strip():
+            raise PersonaDynamicsError(located(path, "field 'eval_prompt' is missing or empty"))
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise PersonaDynamicsError(located(path, f"field 'instruction[{i}].pos' is empty"))
+    return Role(name, tuple(texts), eval_prompt, tuple(questions))
+
+
+def role_paths(directory: str | Path) -> list[Path]:
+    """The role files of a directory, sorted by name, without `default.json`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PersonaDynamicsError(f"{directory}: roles directory not found")
+    return sorted(p for p in directory.glob("*.json") if p.stem != DEFAULT)
+
+
+def load_roles(directory: str | Path, include: list[str] | None = None) -> list[Role]:
+    """Load every role of a directory (or the named ones, in the order given)."""
+    directory = Path(directory)
+    paths = role_paths(directory)
+    if include:
+        by_name = {p.stem: p for p in paths}
+        missing = [n for n in include if n not in by_name]
+        if missing:
+            raise PersonaDynamicsError(
+                f"{directory}: unknown role(s): {', '.join(missing)} "
+                f"(see `persona-dynamics roles list --dir {directory}`)"
+            )
+        paths = [by_name[n] for n in include]
+    if not paths:
+        raise PersonaDynamicsError(f"{directory}: no role files (*.json) found")
+    return [load_role(p) for p in paths]
+
+
+def load_default(directory: str | Path) -> Role:
+    """The default Assistant's prompts (`default.json`, the empty prompt among them)."""
+    return load_role(Path(directory) / f"{DEFAULT}.json")
+
+
+def load_questions(path: str | Path, count: int | None = None) -> list[Question]:
+    """Read the shared questions JSONL (`id`, `question`, optional `category`)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PersonaDynamicsError(f"{path}: questions file not found") from None
+    out: list[Question] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PersonaDynamicsError(
+                located(path, f"invalid JSON: {exc.msg}", n, exc.colno)
+            ) from None
+        if not isinstance(row, dict):
+            raise PersonaDynamicsError(located(path, "each line must be a JSON object", n))
+        q, qid, cat = row.get("question"), row.get("id", len(out)), row.get("category")
+        if not isinstance(q, str) or not q.strip():
+            raise PersonaDynamicsError(
+                located(path, "field 'question' must be a non-empty string", n)
+            )
+        if not isinstance(qid, int) or isinstance(qid, bool):
+            raise PersonaDynamicsError(located(path, "field 'id' must be an integer", n))
+        if cat is not None and not isinstance(cat, str):
+            raise PersonaDynamicsError(located(path, "field 'category' must be a string", n))
+        out.append(Question(qid, q, cat))
+    if not out:
+        raise PersonaDynamicsError(f"{path}: the question set is empty")
+    ids = [q.id for q in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PersonaDynamicsError(located(path, f"duplicate question id(s): {dup[:10]}"))
+    return out[:count] if count else out
+
+
+def digest(obj: object) -> str:
+    """A short stable content hash of JSON-serialisable data (sha256, 16 hex digits)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def roles_digest(roles: list[Role]) -> str:
+    return digest([[r.name, r.instructions, r.eval_prompt, r.questions] for r in roles])
+
+
+def questions_digest(questions: list[Question]) -> str:
+    return digest([[q.id, q.question] for q in questions])
+
+
+# --- validation of a whole directory -------------------------------------------------------------
+
+
+def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def near_duplicates(
+    texts: list[tuple[str, str]], threshold: float = 0.8
+) -> list[tuple[str, str, float]]:
+    """Pairs of (owner, text) from different owners whose word-3-gram Jaccard >= threshold.
+
+    An inverted index on shingles keeps this to candidate pairs, not all n^2 comparisons.
+    """
+    sh = [_shingles(t) for _, t in texts]
+    index: dict[tuple[str, ...], list[int]] = {}
+    for i, s in enumerate(sh):
+        for g in s:
+            index.setdefault(g, []).append(i)
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for i, s in enumerate(sh):
+        cands = {j for g in s for j in index[g] if j > i}
+        for j in cands:
+            if texts[i][0] == texts[j][0] or (i, j) in seen:
+                continue
+            seen.add((i, j))
+            jac = len(s & sh[j]) / len(s | sh[j])
+            if jac >= threshold:
+                found.append((texts[i][0], texts[j][0], round(jac, 3)))
+    return found
+
+
+@dataclass
+class Report:
+    """What `roles validate` found: counts and problems (empty problems means valid)."""
+
+    n_roles: int = 0
+    n_questions: int = 0
+    n_default_prompts: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def validate(
+    directory: str | Path,
+    questions: str | Path | None = None,
+    min_roles: int = 1,
+    variants: int | None = None,
+) -> Report:
+    """Check a roles directory (and a questions file) against the schema; collect every problem.
+
+    `variants` demands exactly that many instruction variants per role (5 in the shipped set and
+    the published one); `min_roles` a minimum count (275 for the shipped set).
+    """
+    directory = Path(directory)
+    rep = Report()
+    roles: list[Role] = []
+    paths = role_paths(directory)
+    rep.n_roles = len(paths)
+    for p in paths:
+        try:
+            roles.append(load_role(p))
+        except PersonaDynamicsError as exc:
+            rep.problems.append(str(exc))
+    if rep.n_roles < min_roles:
+        rep.problems.append(f"{directory}: {rep.n_roles} roles, expected at least {min_roles}")
+    for r in roles:
+        path = directory / f"{r.name}.json"
+        if variants is not None and len(r.instructions) != variants:
+            rep.problems.append(
+                located(path, f"{len(r.instructions)} instruction variants, expected {variants}")
+            )
+        norm = [" ".join(t.lower().split()) for t in r.instructions]
+        if len(set(norm)) != len(norm):
+            rep.problems.append(located(path, "duplicate instruction variants"))
+    pairs = [(r.name, t) for r in roles for t in r.instructions]
+    pairs += [(r.name, r.eval_prompt or "") for r in roles]
+    exact: dict[str, str] = {}
+    for owner, text in pairs:
+        key = " ".join(text.lower().split())
+        if key in exact and exact[key] != owner:
+            rep.problems.append(f"{directory}: roles '{exact[key]}' and '{owner}' share a text")
+        exact.setdefault(key, owner)
+    for a, b, jac in near_duplicates(pairs):
+        rep.problems.append(f"{directory}: roles '{a}' and '{b}' have near-duplicate texts ({jac})")
+    default_path = directory / f"{DEFAULT}.json"
+    if default_path.exists():
+        try:
+            d = load_default(directory)
+            rep.n_default_prompts = len(d.instructions)
+            if "" not in d.instructions:
+                rep.problems.append(located(default_path, "the empty system prompt is missing"))
+        except PersonaDynamicsError as exc:
+            rep.problems.append(str(exc))
+    else:
+        rep.problems.append(f"{default_path}: the default Assistant's prompts are missing")
+    if questions is not None:
+        try:
+            qs = load_questions(questions)
+            rep.n_questions = len(qs)
+            texts = [" ".join(q.question.lower().split()) for q in qs]
+            if len(set(texts)) != len(texts):
+                rep.problems.append(f"{questions}: duplicate questions")
+        except PersonaDynamicsError as exc:
+            rep.problems.append(str(exc))
+    return rep

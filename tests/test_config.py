@@ -1,0 +1,98 @@
+"""Typed study configs: defaults, overrides and errors that name the file and the key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona_dynamics.config import Study, dump, load, parse
+from persona_dynamics.errors import PersonaDynamicsError
+
+MINIMAL = """
+run_name = "t"
+[[checkpoints]]
+label = "sft"
+model = "allenai/OLMo-2-1124-7B-SFT"
+[[checkpoints]]
+label = "instruct"
+model = "allenai/OLMo-2-1124-7B-Instruct"
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "study.toml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_config_fills_paper_defaults(tmp_path):
+    cfg = load(write(tmp_path, MINIMAL))
+    assert isinstance(cfg, Study)
+    assert cfg.reference_label == "instruct"
+    g = cfg.generation
+    assert (g.temperature, g.top_p, g.max_tokens) == (0.7, 0.9, 512)
+    assert cfg.analysis.min_samples == 10 and cfg.analysis.score_categories == [3, 2]
+    assert cfg.capture.layers == "middle"
+    assert str(cfg.path("activations")) == "outputs/activations/t"
+
+
+def test_overrides_win(tmp_path):
+    cfg = load(write(tmp_path, MINIMAL), {"generation.temperature": 0.8, "capture.layers": [1, 3]})
+    assert cfg.generation.temperature == 0.8 and cfg.capture.layers == [1, 3]
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load(write(tmp_path, MINIMAL + "\n[capture]\nlayers = [3, 7]\n"))
+    again = load(write(tmp_path, dump(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("\n[generation]\ntemprature = 0.5\n", "generation.temprature: unknown key"),
+        (
+            "\n[generation]\nmax_tokens = 0\n",
+            "generation.max_tokens: Input should be greater than 0",
+        ),
+        ("\n[capture]\nlayers = 'first'\n", "capture.layers"),
+        (
+            "\n[capture]\naggregation = 'median'\n",
+            "capture.aggregation: Input should be 'mean', 'last' or 'none'",
+        ),
+        ("\n[analysis]\nscore_categories = [4]\n", "analysis.score_categories"),
+        ('\nreference = "dpo"\n', "reference names unknown checkpoint 'dpo'"),
+        ('\n[[checkpoints]]\nlabel = "sft"\nmodel = "x"\n', "duplicate checkpoint labels: sft"),
+        ('\n[[checkpoints]]\nlabel = "a b"\nmodel = "x"\n', "checkpoints[2].label"),
+        ('\n[[checkpoints]]\nlabel = "x"\n', "checkpoints[2].model: missing required field"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, extra, message):
+    # `reference` must sit before the first table to be top-level
+    text = (extra + MINIMAL) if extra.startswith("\nreference") else (MINIMAL + extra)
+    with pytest.raises(PersonaDynamicsError) as info:
+        load(write(tmp_path, text))
+    assert "study.toml" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_missing_run_name_and_checkpoints():
+    with pytest.raises(PersonaDynamicsError, match="run_name: missing required field"):
+        parse({"checkpoints": [{"label": "a", "model": "m"}]}, "x.toml")
+    with pytest.raises(PersonaDynamicsError, match="checkpoints: missing required field"):
+        parse({"run_name": "r"}, "x.toml")
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path):
+    with pytest.raises(PersonaDynamicsError, match=r"study.toml:3:\d+: invalid TOML"):
+        load(write(tmp_path, 'run_name = "t"\n\nbroken = = 1\n'))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PersonaDynamicsError, match="config file not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_unknown_checkpoint_lookup(tmp_path):
+    cfg = load(write(tmp_path, MINIMAL))
+    with pytest.raises(PersonaDynamicsError, match="unknown checkpoint label 'rl'.*sft, instruct"):
+        cfg.checkpoint("rl")
