@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random OLMo-2 model for tests that need weights but no training."""
+"""Shared fixtures: a tiny random OLMo-2 model (weights, no training) and the toy organism."""
 
 from __future__ import annotations
 
@@ -46,3 +46,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     Olmo2ForCausalLM(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_family():
+    """The toy organism, built once per content hash (about two minutes) and then reused."""
+    from persona_dynamics.toy import cached_build
+
+    return cached_build()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, toy_family):
+    """The offline demo, run once per test session: every stage on the toy organism."""
+    from persona_dynamics.pipeline import demo_config, run_study
+
+    out = tmp_path_factory.mktemp("demo")
+    cfg = demo_config(out)
+    outputs = run_study(cfg)
+    return cfg, outputs

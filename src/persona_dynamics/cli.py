@@ -128,6 +128,523 @@ def config_check(file: ConfigArg) -> None:
     typer.echo(dump(load(file)))
 
 
+@config_app.command("labels")
+def config_labels(file: ConfigArg) -> None:
+    """Print the checkpoint labels of a config, one per line in config order (for batch scripts)."""
+    from persona_dynamics.config import load
+
+    for c in load(file).checkpoints:
+        typer.echo(c.label)
+
+
+# --- capture -------------------------------------------------------------------------------------
+
+
+class _DefaultRun(typer.core.TyperGroup):
+    """`capture ARGS` runs the capture; `capture merge ARGS` consolidates parts."""
+
+    def parse_args(self, ctx, args):
+        if not args or args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+capture_app = typer.Typer(cls=_DefaultRun, help="Capture activations into HDF5 stores.")
+app.add_typer(capture_app, name="capture")
+
+OptConfig = Annotated[
+    Path | None, typer.Argument(help="experiment config (TOML); optional with --model-name")
+]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--checkpoint", help="with a config: labels to capture; without: the model's revision"
+    ),
+]
+ModelName = Annotated[str | None, typer.Option(help="hub id or local directory (no config needed)")]
+OutputDir = Annotated[Path | None, typer.Option(help="where <label>.h5 goes")]
+
+
+def _capture_config(config, checkpoint, model_name, output_dir, overrides: dict):
+    """A Study from a config file plus flags, or from flags alone (one model)."""
+    from persona_dynamics.config import load, parse, set_dotted
+
+    if output_dir is not None:
+        overrides["capture.output_dir"] = str(output_dir)
+    if config is not None:
+        if model_name:
+            raise PersonaDynamicsError("--model-name replaces a config; give one or the other")
+        if checkpoint:
+            overrides["capture.checkpoints"] = checkpoint
+        return load(config, overrides)
+    if not model_name:
+        raise PersonaDynamicsError("give a config file, or --model-name (and --transcript-dir)")
+    if checkpoint and len(checkpoint) > 1:
+        raise PersonaDynamicsError("without a config, --checkpoint is one revision of --model-name")
+    rev = checkpoint[0] if checkpoint else "main"
+    label = Path(model_name).name if Path(model_name).exists() and not checkpoint else rev
+    data = {
+        "run_name": "capture",
+        "checkpoints": [{"label": label.replace("/", "_"), "model": model_name, "revision": rev}],
+    }
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return parse(data, "<command line>")
+
+
+def _layers(text: str) -> list[int] | str:
+    if text in ("middle", "all"):
+        return text
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise PersonaDynamicsError(
+            f"--layers '{text}': expected comma-separated indices, e.g. 3,7,11"
+        ) from None
+
+
+@capture_app.command("run", hidden=True)
+def capture(
+    config: OptConfig = None,
+    checkpoint: Labels = None,
+    model_name: ModelName = None,
+    transcript_dir: Annotated[Path | None, typer.Option(help="transcripts to read")] = None,
+    output_dir: OutputDir = None,
+    layers: Annotated[
+        str | None, typer.Option(help="block indices, e.g. 3,7,11 (default: middle)")
+    ] = None,
+    all_layers: Annotated[bool, typer.Option("--all-layers", help="every block")] = False,
+    aggregation: Annotated[str | None, typer.Option(help="mean, last or none")] = None,
+    backend: Annotated[str | None, typer.Option(help="hooks, nnsight or lens")] = None,
+    shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (I from 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+) -> None:
+    """Capture residual-stream activations of each checkpoint; `capture merge` joins shards."""
+    from persona_dynamics.capture import run_capture
+
+    overrides = {
+        "capture.transcript_dir": transcript_dir and str(transcript_dir),
+        "capture.layers": "all" if all_layers else (layers and _layers(layers)),
+        "capture.aggregation": aggregation,
+        "capture.backend": backend,
+        "capture.shard": shard,
+        "capture.device": device,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    cfg = _capture_config(config, checkpoint, model_name, output_dir, overrides)
+    typer.echo(run_capture(cfg))
+
+
+@capture_app.command("merge")
+def capture_merge(
+    config: OptConfig = None,
+    checkpoint: Labels = None,
+    model_name: ModelName = None,
+    output_dir: OutputDir = None,
+) -> None:
+    """Consolidate the part files of sharded captures into one store per label."""
+    from persona_dynamics.capture import merge
+
+    for path in merge(_capture_config(config, checkpoint, model_name, output_dir, {})):
+        typer.echo(path)
+
+
+@app.command()
+def revisions(
+    model_id: Annotated[str, typer.Argument(help="hub model id")],
+    match: Annotated[str | None, typer.Option(help="keep names matching this regex")] = None,
+    add_to: Annotated[
+        Path | None, typer.Option(help="a study config to add the revisions to, as checkpoints")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="with --add-to: where the new config goes")
+    ] = None,
+) -> None:
+    """List a hub repo's branches and tags (e.g. RLVR steps) with their commits.
+
+    With --add-to, write a copy of a study config with one checkpoint per revision, in natural
+    order, placed just before the reference checkpoint (the final model of the line).
+    """
+    import re
+
+    from persona_dynamics.config import dump, load, parse
+    from persona_dynamics.models import list_revisions
+
+    refs = [r for r in list_revisions(model_id) if not match or re.search(match, r[1])]
+    if add_to is None:
+        for kind, name, commit in refs:
+            typer.echo(f"{kind}\t{name}\t{commit}")
+        return
+    if out is None:
+        raise PersonaDynamicsError("--add-to needs --out (the new config file)")
+    cfg = load(add_to)
+    natural = sorted(
+        (r[1] for r in refs),
+        key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)],
+    )
+    added = [
+        {"label": re.sub(r"[^A-Za-z0-9_.\-]", "_", name), "model": model_id, "revision": name}
+        for name in natural
+    ]
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    at = next(i for i, c in enumerate(data["checkpoints"]) if c["label"] == cfg.reference_label)
+    data["checkpoints"][at:at] = added
+    data["reference"] = cfg.reference_label
+    out.write_text(dump(parse(data, out)))
+    typer.echo(
+        f"{out}: {len(added)} revision(s) of {model_id} added before '{cfg.reference_label}'"
+    )
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+adapters_app = typer.Typer(
+    help="Train LoRA persona adapters, check their fidelity, place them in persona space.",
+    no_args_is_help=True,
+)
+app.add_typer(adapters_app, name="adapters")
+
+Only = Annotated[
+    list[str] | None, typer.Option("--only", help="adapter name (repeatable); default: all")
+]
+
+
+def _adapters_config(config: Path, device: str | None):
+    from persona_dynamics.config import load
+
+    return load(config, {"adapters.device": device} if device else None)
+
+
+@adapters_app.command("train")
+def adapters_train(
+    config: ConfigArg,
+    only: Only = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+) -> None:
+    """Train the config's LoRA persona adapters (adapters.training); current ones are skipped."""
+    from persona_dynamics.adapters.train import run_adapters_train
+
+    typer.echo(run_adapters_train(_adapters_config(config, device), only))
+
+
+@adapters_app.command("evaluate")
+def adapters_evaluate(
+    config: ConfigArg,
+    only: Only = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+) -> None:
+    """Answer each adapter's held-out survey items; write fidelity.json per category."""
+    from persona_dynamics.adapters.fidelity import run_adapters_evaluate
+
+    typer.echo(run_adapters_evaluate(_adapters_config(config, device), only))
+
+
+@adapters_app.command("project")
+def adapters_project(
+    config: ConfigArg,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="adapter checkpoint label (repeatable); default: all"),
+    ] = None,
+) -> None:
+    """Own-text: each adapter answers the default prompts; then place it in persona space."""
+    from persona_dynamics.adapters.place import run_adapters_project
+    from persona_dynamics.config import load
+
+    typer.echo(run_adapters_project(load(config), only))
+
+
+# --- generate and judge --------------------------------------------------------------------------
+
+GenConfig = Annotated[
+    Path | None, typer.Argument(help="experiment config (TOML); optional with --model-name")
+]
+GenModel = Annotated[
+    str | None,
+    typer.Option("--model-name", help="hub id or local directory of the generating model"),
+]
+GenRevision = Annotated[
+    str | None, typer.Option("--checkpoint", help="revision (branch, tag, commit) of the model")
+]
+RunName = Annotated[str | None, typer.Option("--run-name", help="name of this run's outputs")]
+RoleNames = Annotated[
+    str | None, typer.Option("--roles", help="comma-separated role names (default: all)")
+]
+OutputRoot = Annotated[Path | None, typer.Option("--output-root", help="default: outputs")]
+
+
+def _stage_config(config, model_name, revision, overrides: dict):
+    """A Study from a config file and flags (flags win), or from flags alone."""
+    import re
+
+    from persona_dynamics.config import load, parse, set_dotted
+    from persona_dynamics.generation.requests import generating_checkpoint
+    from persona_dynamics.models import is_local
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config is not None:
+        cfg = load(config, overrides)
+        ckpt = generating_checkpoint(cfg)
+        if model_name:
+            ckpt.model = model_name
+        if revision:
+            ckpt.revision = revision
+        return cfg
+    if not model_name or "run_name" not in overrides:
+        raise PersonaDynamicsError("give a config file, or --model-name and --run-name")
+    rev = revision or "main"
+    label = Path(model_name).name if is_local(model_name) else rev
+    ckpt = {"label": re.sub(r"[^A-Za-z0-9_.\-]", "_", label), "model": model_name, "revision": rev}
+    data: dict = {"checkpoints": [ckpt]}
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return parse(data, "<command line>")
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+@app.command()
+def generate(
+    config: GenConfig = None,
+    model_name: GenModel = None,
+    checkpoint: GenRevision = None,
+    run_name: RunName = None,
+    roles: RoleNames = None,
+    num_rollouts: Annotated[int | None, typer.Option(help="samples per prompt")] = None,
+    temperature: Annotated[float | None, typer.Option(help="default 0.7")] = None,
+    top_p: Annotated[float | None, typer.Option(help="default 0.9")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="new tokens per response (512)")] = None,
+    seed: Annotated[int | None, typer.Option(help="base seed of every rollout")] = None,
+    question_count: Annotated[int | None, typer.Option(help="first N questions only")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, hf, vllm or openai")] = None,
+    base_url: Annotated[
+        list[str] | None, typer.Option(help="openai backend: server URL (repeat for replicas)")
+    ] = None,
+    display_name: Annotated[str | None, typer.Option(help="fills {model_name}")] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="hf: tokens per batch")] = None,
+    device: Annotated[str | None, typer.Option(help="hf: auto, cpu, cuda ...")] = None,
+    output_root: OutputRoot = None,
+    resume: Annotated[
+        bool | None, typer.Option("--resume/--no-resume", help="skip written keys (default)")
+    ] = None,
+    shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (I from 0)")] = None,
+) -> None:
+    """Sample role-play and default-Assistant transcripts from the generating checkpoint."""
+    from persona_dynamics.generation import run_generate
+    from persona_dynamics.generation.requests import parse_shard
+
+    cfg = _stage_config(
+        config,
+        model_name,
+        checkpoint,
+        {
+            "run_name": run_name,
+            "output_root": output_root and str(output_root),
+            "roles.include": _names(roles),
+            "roles.question_count": question_count,
+            "generation.num_rollouts": num_rollouts,
+            "generation.temperature": temperature,
+            "generation.top_p": top_p,
+            "generation.max_tokens": max_tokens,
+            "generation.seed": seed,
+            "generation.backend": backend,
+            "generation.base_urls": base_url,
+            "generation.model_display_name": display_name,
+            "generation.batch_tokens": batch_tokens,
+            "generation.device": device,
+            "generation.resume": resume,
+        },
+    )
+    typer.echo(run_generate(cfg, parse_shard(shard) if shard else (0, 1)))
+
+
+@app.command()
+def judge(
+    config: GenConfig = None,
+    model_name: GenModel = None,
+    checkpoint: GenRevision = None,
+    run_name: RunName = None,
+    roles: RoleNames = None,
+    judge_model: Annotated[str | None, typer.Option(help="judge model id or local path")] = None,
+    judge_backend: Annotated[str | None, typer.Option(help="openai or local")] = None,
+    base_url: Annotated[str | None, typer.Option(help="judge endpoint (OpenAI-compatible)")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env var holding the key")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="concurrent requests (16)")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="budget cap for this run")] = None,
+    output_root: OutputRoot = None,
+) -> None:
+    """Score every role transcript 0-3 with an LLM judge; print the per-role distribution."""
+    from persona_dynamics.judge import format_table, load_scores, run_judge, summarize
+
+    cfg = _stage_config(
+        config,
+        model_name,
+        checkpoint,
+        {
+            "run_name": run_name,
+            "output_root": output_root and str(output_root),
+            "roles.include": _names(roles),
+            "judge.model": judge_model,
+            "judge.backend": judge_backend,
+            "judge.base_url": base_url,
+            "judge.api_key_env": api_key_env,
+            "judge.max_in_flight": max_in_flight,
+            "judge.max_requests": max_requests,
+        },
+    )
+    out = run_judge(cfg)
+    typer.echo(format_table(summarize(load_scores(out))))
+    typer.echo(out)
+
+
+# --- analyze and compare -------------------------------------------------------------------------
+
+AnLayers = Annotated[
+    str | None, typer.Option("--layers", help="e.g. 4,8,12 (default: every captured layer)")
+]
+Bootstrap = Annotated[int | None, typer.Option(help="bootstrap replicates over questions (200)")]
+Seed = Annotated[int | None, typer.Option(help="bootstrap seed (0)")]
+
+
+def _analysis_config(config: Path, overrides: dict):
+    """The study config with analysis flags applied (flags win)."""
+    from persona_dynamics.config import load
+
+    return load(config, {k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def analyze(
+    config: ConfigArg,
+    layers: AnLayers = None,
+    lead_layer: Annotated[int | None, typer.Option(help="layer to lead with (middle)")] = None,
+    min_samples: Annotated[int | None, typer.Option(help="samples to keep a vector (10)")] = None,
+    bootstrap: Bootstrap = None,
+    seed: Seed = None,
+) -> None:
+    """Fit the reference checkpoint's persona space and Assistant Axis at each layer."""
+    from persona_dynamics.analysis import run_analyze
+
+    overrides = {
+        "analysis.layers": layers and _layers(layers),
+        "analysis.lead_layer": lead_layer,
+        "analysis.min_samples": min_samples,
+        "analysis.bootstrap": bootstrap,
+        "analysis.seed": seed,
+    }
+    typer.echo(run_analyze(_analysis_config(config, overrides)))
+
+
+@app.command("compare")
+def compare_stage(
+    config: ConfigArg,
+    across_models: Annotated[
+        Path | None,
+        typer.Option(help="another run's config: set the two spaces side by side (no projection)"),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="comma-separated labels in stage order (default: all)")
+    ] = None,
+    refit: Annotated[
+        bool | None, typer.Option("--refit/--no-refit", help="also report each label's own space")
+    ] = None,
+    layers: AnLayers = None,
+    bootstrap: Bootstrap = None,
+    seed: Seed = None,
+) -> None:
+    """Project every checkpoint into the reference space and measure its movement."""
+    from persona_dynamics.analysis import run_compare
+
+    overrides = {
+        "analysis.layers": layers and _layers(layers),
+        "analysis.refit": refit,
+        "analysis.bootstrap": bootstrap,
+        "analysis.seed": seed,
+    }
+    cfg = _analysis_config(config, overrides)
+    other = across_models and _analysis_config(across_models, {})
+    typer.echo(run_compare(cfg, across_models=other, labels=_names(labels)))
+
+
+# --- run and demo --------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigArg,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", "-s", help="only these stages (repeatable); default: the config's"),
+    ] = None,
+) -> None:
+    """Run every stage a config names, in order, skipping work already done."""
+    from persona_dynamics.config import load
+    from persona_dynamics.pipeline import run_study
+
+    outputs = run_study(load(config), stage)
+    for name, path in outputs.items():
+        typer.echo(f"{name}: {path}")
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    config: ConfigArg,
+    out: Annotated[
+        Path | None, typer.Option(help="directory for report.html and png/ (outputs/reports/RUN)")
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="layer to show (default: lead layer)")] = None,
+    png: Annotated[bool | None, typer.Option("--png/--no-png", help="also write PNGs")] = None,
+) -> None:
+    """Write the run's self-contained HTML report (plots, tables, provenance) and PNGs."""
+    from persona_dynamics.config import load
+    from persona_dynamics.report import run_report
+
+    overrides = {"report.dir": out and str(out), "report.layer": layer, "report.png": png}
+    typer.echo(run_report(load(config, {k: v for k, v in overrides.items() if v is not None})))
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="output root")] = Path("outputs"),
+    seed: Annotated[int, typer.Option(help="toy organism seed")] = 0,
+) -> None:
+    """Run the whole study offline on the toy organism and print where the report is."""
+    from persona_dynamics.pipeline import run_demo
+
+    report = run_demo(out, seed)
+    typer.echo(f"report: {report}")
+
+
+# --- toy -----------------------------------------------------------------------------------------
+
+toy_app = typer.Typer(help="The toy organism: tiny OLMo-2 checkpoints built offline.")
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Annotated[
+        Path | None, typer.Option(help="directory to build into (default: the content-hash cache)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed: the same seed gives the same weights")] = 0,
+) -> None:
+    """Build (or reuse) base, sft, dpo, rlvr-1..N, instruct and the toy judge, with toy.json."""
+    from persona_dynamics.toy import build, cached_build
+
+    family = cached_build(seed) if out is None else build(out, seed)
+    truth = family.truth
+    typer.echo(
+        f"{family.root}: {' '.join(truth['stages'])} + judge "
+        f"(built in {truth['build_seconds']} s; judge agreement "
+        f"{truth['judge']['held_out_agreement']:.2f})"
+    )
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 

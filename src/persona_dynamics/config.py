@@ -75,6 +75,7 @@ class Generation(Section):
     base_urls: list[str] = Field(default_factory=list, description="openai: server replicas")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
     max_in_flight: int = Field(default=32, ge=1)
+    resume: bool = Field(default=True, description="skip keys already written; false refuses")
 
 
 class Judge(Section):
@@ -105,6 +106,10 @@ class Capture(Section):
     batch_tokens: int = Field(default=8192, gt=0)
     checkpoints: list[str] = Field(default_factory=list, description="labels; empty means all")
     none_max_samples: int = Field(default=256, ge=1, description="aggregation='none': subset size")
+    block_samples: int = Field(default=1024, ge=1, description="samples per part (resume unit)")
+    shard: str | None = Field(default=None, pattern=r"^\d+/\d+$", description="'I/N', I from 0")
+    transcript_dir: Path | None = Field(default=None, description="default: the run's transcripts")
+    output_dir: Path | None = Field(default=None, description="default: activations/<run>")
 
     @field_validator("layers")
     @classmethod
@@ -135,6 +140,71 @@ class Analysis(Section):
         return v
 
 
+class Report(Section):
+    """Where the HTML report goes and what it shows."""
+
+    dir: Path | None = Field(default=None, description="default: <output_root>/reports/<run>")
+    layer: int | None = Field(default=None, description="layer shown; default: the lead layer")
+    png: bool = Field(default=True, description="also write one PNG per figure")
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class AdapterTraining(Section):
+    """One LoRA persona adapter: its data, the checkpoint it is trained on, its hyper-parameters."""
+
+    name: str = Field(description="directory name under <output_root>/adapters/<run_name>")
+    data: Annotated[list[Path], Field(min_length=1)] = Field(
+        description="persona conversation .jsonl and/or survey .json files"
+    )
+    base: str | None = Field(default=None, description="checkpoint label; default: the reference")
+    holdout: float = Field(default=0.2, ge=0.0, lt=1.0, description="survey items held out")
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: list(LORA_TARGETS)
+    )
+    learning_rate: float = Field(default=2e-4, gt=0.0)
+    epochs: float = Field(default=3.0, gt=0.0)
+    max_steps: int | None = Field(default=None, ge=1, description="wins over epochs when set")
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup: float = Field(default=0.03, ge=0.0, description="< 1: ratio of steps; else steps")
+    max_length: int = Field(default=1024, gt=0)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not LABEL.fullmatch(v):
+            raise ValueError("name must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+        return v
+
+
+class Adapters(Section):
+    """Persona adapters: the training runs, and how they are trained and evaluated."""
+
+    training: list[AdapterTraining] = Field(default_factory=list)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    activation_checkpointing: bool = Field(default=False, description="trade compute for memory")
+    eval_max_tokens: int = Field(default=128, gt=0, description="held-out answers: new tokens")
+
+    @model_validator(mode="after")
+    def _names(self) -> Adapters:
+        names = [a.name for a in self.training]
+        dup = sorted({x for x in names if names.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate adapter names: {', '.join(dup)}")
+        return self
+
+
+Stage = Literal["generate", "judge", "adapters", "capture", "analyze", "compare", "place", "report"]
+STAGES: tuple[str, ...] = Stage.__args__
+
+
 class Study(Section):
     """A whole study: which model line, which checkpoints, and how each stage runs."""
 
@@ -143,8 +213,10 @@ class Study(Section):
     reference: str | None = Field(
         default=None, description="label of the reference checkpoint; default: the last one"
     )
-    stages: list[Literal["generate", "judge", "capture", "analyze", "compare", "report"]] = Field(
-        default_factory=lambda: ["generate", "judge", "capture", "analyze", "compare", "report"]
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(STAGES),
+        description="stages `run` executes, in pipeline order; a stage whose section is absent "
+        "(judge, adapters) is skipped",
     )
     checkpoints: Annotated[list[Checkpoint], Field(min_length=1)]
     roles: Roles = Field(default_factory=Roles)
@@ -152,6 +224,8 @@ class Study(Section):
     judge: Judge | None = None
     capture: Capture = Field(default_factory=Capture)
     analysis: Analysis = Field(default_factory=Analysis)
+    adapters: Adapters | None = None
+    report: Report = Field(default_factory=Report)
 
     @field_validator("run_name")
     @classmethod
@@ -170,6 +244,7 @@ class Study(Section):
             ("reference", self.reference),
             ("generation.checkpoint", self.generation.checkpoint),
             *(("capture.checkpoints", x) for x in self.capture.checkpoints),
+            *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
         ):
             if value is not None and value not in labels:
                 raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")

@@ -87,6 +87,17 @@ def load_tokenizer(model: str, revision: str = "main"):
     return tok
 
 
+def load_config(model: str, revision: str = "main"):
+    """A model's config alone (shapes), without its weights."""
+    from transformers import AutoConfig
+
+    kwargs = {} if is_local(model) else {"revision": revision}
+    try:
+        return AutoConfig.from_pretrained(model, **kwargs)
+    except OSError as exc:
+        raise _hub_error(model, revision, exc) from None
+
+
 @dataclass
 class Loaded:
     """A model ready for inference, with what identifies it."""

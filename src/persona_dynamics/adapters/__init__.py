@@ -1,0 +1,1 @@
+"""Persona adapters: training data formats, LoRA training, fidelity, place in persona space."""

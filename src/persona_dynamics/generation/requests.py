@@ -1,0 +1,177 @@
+"""What to sample, as pure data: the requests every backend consumes, built once, here.
+
+A request is one prompt (a role's system prompt, filled, plus one question) with its rollouts,
+those already written marked. Every backend samples from these exact messages, so the text a
+transcript records is the text the model was asked with. Seeds derive from the key, never from
+the batch, so a rerun, a resume or a shard samples each key with the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from persona_dynamics.chat import Message, prompt_text
+from persona_dynamics.config import Checkpoint, Study
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.models import is_local
+from persona_dynamics.roles import DEFAULT, Question, Role, load_default, load_questions, load_roles
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every backend (temperature 0 means greedy)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to sample: an id (role, system_prompt_idx, question_idx for transcripts),
+    its exact messages, its rollout indices, those already written, and a seed from the id.
+
+    Written rollouts stay in the request so that a backend can plan the same batches as an
+    uninterrupted run would (the hf backend then reproduces its texts bit for bit).
+    """
+
+    id: tuple
+    messages: tuple[Message, ...]
+    rollouts: tuple[int, ...]
+    seed: int
+    done: frozenset[int] = frozenset()
+
+    @property
+    def todo(self) -> tuple[int, ...]:
+        """The rollouts still to write."""
+        return tuple(k for k in self.rollouts if k not in self.done)
+
+    def rollout_seed(self, rollout: int) -> int:
+        """The seed of one rollout: a function of the request's seed and the rollout index only."""
+        return derive_seed(self.seed, rollout)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One sampled response for (request, rollout)."""
+
+    request: Request
+    rollout: int
+    response: str
+    finish_reason: str
+    n_tokens: int
+
+    @property
+    def key(self) -> tuple:
+        return (*self.request.id, self.rollout)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from a base seed and key parts (stable across processes and platforms)."""
+    blob = json.dumps([seed, *parts], default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def shard_of(prompt_id: tuple, n: int) -> int:
+    """Which of n shards owns a prompt: a stable hash, so shards never overlap and need no list."""
+    blob = json.dumps(list(prompt_id)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") % n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N; a bad value names what was expected."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise PersonaDynamicsError(f"--shard '{text}': expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise PersonaDynamicsError(f"--shard '{text}': need 0 <= I < N")
+    return i, n
+
+
+def generating_checkpoint(cfg: Study) -> Checkpoint:
+    """The checkpoint transcripts are sampled from: generation.checkpoint, else the reference."""
+    return cfg.checkpoint(cfg.generation.checkpoint or cfg.reference_label)
+
+
+def display_name(cfg: Study) -> str:
+    """The name that fills {model_name}: configured, else the model id's last part."""
+    if cfg.generation.model_display_name:
+        return cfg.generation.model_display_name
+    ckpt = generating_checkpoint(cfg)
+    return Path(ckpt.model).name if is_local(ckpt.model) else ckpt.model.rsplit("/", 1)[-1]
+
+
+def fill(text: str, model_name: str) -> str:
+    """Fill the {model_name} placeholder (plain replace: prompts may hold other braces)."""
+    return text.replace("{model_name}", model_name)
+
+
+def messages_for(system: str, question: str) -> tuple[Message, ...]:
+    """The chat messages of one prompt; an empty system prompt means no system message."""
+    user = {"role": "user", "content": question}
+    return ({"role": "system", "content": system}, user) if system else (user,)
+
+
+def load_work(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
+    """The roles to sample (the default Assistant last, when included) and each one's questions."""
+    include = cfg.roles.include
+    names = [n for n in include if n != DEFAULT]
+    roles = load_roles(cfg.roles.dir, names or None) if names or not include else []
+    if cfg.roles.include_default or DEFAULT in include:
+        roles.append(load_default(cfg.roles.dir))
+    shared = load_questions(cfg.roles.questions, cfg.roles.question_count)
+    questions = {}
+    for r in roles:
+        if cfg.roles.per_role_questions and not r.is_default:
+            if not r.questions:
+                raise PersonaDynamicsError(
+                    f"{cfg.roles.dir}/{r.name}.json: roles.per_role_questions is set but the role "
+                    "has no 'questions'"
+                )
+            own = r.questions[: cfg.roles.question_count]
+            questions[r.name] = [Question(i, q) for i, q in enumerate(own)]
+        else:
+            questions[r.name] = shared
+    return roles, questions
+
+
+def build_requests(
+    roles: Sequence[Role],
+    questions: dict[str, list[Question]],
+    model_name: str,
+    num_rollouts: int,
+    seed: int,
+    done: dict[str, set[tuple]] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> list[Request]:
+    """Every (role, system prompt, question) of this shard, marking the rollouts in `done`.
+
+    `done` maps a role to the (system_prompt_idx, question_idx, rollout_idx) keys already written.
+    """
+    done = done or {}
+    out = []
+    for role in roles:
+        have = done.get(role.name, set())
+        for spi, system in enumerate(role.instructions):
+            system = fill(system, model_name)
+            for q in questions[role.name]:
+                pid = (role.name, spi, q.id)
+                if shard[1] > 1 and shard_of(pid, shard[1]) != shard[0]:
+                    continue
+                written = frozenset(r for r in range(num_rollouts) if (spi, q.id, r) in have)
+                msgs = messages_for(system, q.question)
+                seed_ = derive_seed(seed, *pid)
+                out.append(Request(pid, msgs, tuple(range(num_rollouts)), seed_, written))
+    return out
+
+
+def encode_prompt(tokenizer, messages: Iterable[Message]) -> list[int]:
+    """Token ids of the chat-templated prompt, exactly as the hf and vllm backends feed them."""
+    text = prompt_text(tokenizer, list(messages))
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,144 @@
+"""`run_generate`: sample every missing transcript of a study from its generating checkpoint.
+
+Reads the roles and questions, skips keys already written (resume, shards), checks and records the
+manifest, then streams the backend's batches into append-only role files under a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from persona_dynamics.config import Study
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.generation.base import Generator
+from persona_dynamics.generation.requests import (
+    Sampling,
+    build_requests,
+    display_name,
+    generating_checkpoint,
+    load_work,
+)
+from persona_dynamics.generation.store import (
+    check_manifest,
+    part_path,
+    to_row,
+    transcripts_dir,
+    write_manifest,
+    written_keys,
+)
+from persona_dynamics.jsonl import Appender
+from persona_dynamics.roles import questions_digest, roles_digest
+
+log = logging.getLogger(__name__)
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' is vllm where CUDA and vllm are both present, else hf."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    return "vllm" if torch.cuda.is_available() and has_vllm else "hf"
+
+
+def make_generator(cfg: Study, backend: str) -> Generator:
+    """The sampling backend of a study's generating checkpoint."""
+    gen, ckpt = cfg.generation, generating_checkpoint(cfg)
+    if backend == "hf":
+        from persona_dynamics.generation.hf import HFGenerator
+
+        return HFGenerator(ckpt, gen.device, gen.dtype, gen.batch_tokens)
+    if backend == "vllm":
+        from persona_dynamics.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(ckpt, gen.dtype, gen.seed, gen.tensor_parallel_size, gen.max_model_len)
+    from persona_dynamics.generation.served import ServedGenerator
+
+    return ServedGenerator(ckpt, gen)
+
+
+def run_generate(cfg: Study, shard: tuple[int, int] = (0, 1)) -> Path:
+    """Generate the study's transcripts (this shard's part of them); return their directory."""
+    gen, ckpt = cfg.generation, generating_checkpoint(cfg)
+    out = transcripts_dir(cfg)
+    roles, questions = load_work(cfg)
+    name = display_name(cfg)
+    done = {r.name: written_keys(out, r.name) for r in roles}
+    n_done = sum(map(len, done.values()))
+    if n_done and not gen.resume:
+        raise PersonaDynamicsError(
+            f"{out}: {n_done} transcripts are already there; resume (the default) to add the "
+            "missing ones, or choose another run name"
+        )
+    requests = build_requests(roles, questions, name, gen.num_rollouts, gen.seed, done, shard)
+    backend = resolve_backend(gen.backend)
+    manifest = {
+        "model": ckpt.model,
+        "revision": ckpt.revision,
+        "label": ckpt.label,
+        "backend": backend,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "max_tokens": gen.max_tokens,
+        "seed": gen.seed,
+        "num_rollouts": gen.num_rollouts,
+        "model_display_name": name,
+        "roles": [r.name for r in roles],
+        "roles_digest": roles_digest(roles),
+        "questions_file": str(cfg.roles.questions),
+        "question_count": cfg.roles.question_count,
+        "questions_digest": questions_digest(next(iter(questions.values()))),
+    }
+    check_manifest(out, manifest)  # sampling parameters: refuse before loading any model
+    total = sum(len(r.todo) for r in requests)
+    if not total:
+        log.info("%s: all %d transcripts of this shard are already written", out, n_done)
+        return out
+    generator = make_generator(cfg, backend)
+    manifest.update(generator.info())
+    check_manifest(out, manifest)  # and the chat template, now that it is known
+    write_manifest(out, manifest)
+    log.info(
+        "generating %d responses (%d already written) into %s with %s", total, n_done, out, backend
+    )
+    writers: dict[str, Appender] = {}
+    sampling = Sampling(gen.temperature, gen.top_p, gen.max_tokens, gen.seed)
+    n = tokens = truncated = 0
+    start = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="prompt", desc="generate") as bar:
+            for batch in generator.generate(requests, sampling):
+                by_role: dict[str, list[dict]] = {}
+                for res in batch:
+                    by_role.setdefault(res.request.id[0], []).append(to_row(res))
+                    tokens += res.n_tokens
+                    truncated += res.finish_reason == "length"
+                for role, rows in by_role.items():
+                    if role not in writers:
+                        writers[role] = Appender(part_path(out, role, shard))
+                    writers[role].write(rows)
+                n += len(batch)
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    finally:
+        for w in writers.values():
+            w.close()
+        generator.close()
+    secs = time.perf_counter() - start
+    log.info(
+        "generated %d responses, %d tokens in %.1f s (%.0f tok/s); %d truncated at max_tokens=%d",
+        n,
+        tokens,
+        secs,
+        tokens / max(secs, 1e-9),
+        truncated,
+        gen.max_tokens,
+    )
+    return out

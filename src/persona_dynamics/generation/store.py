@@ -1,0 +1,167 @@
+"""The transcript store: one append-only JSONL file per role (per shard), plus a manifest.
+
+`<output_root>/transcripts/<run>/<model>/<revision or label>/<role>.jsonl`; a shard I of N writes
+`<role>.shard-I-of-N.jsonl` beside it, and readers merge every part of a role by key. The manifest
+records how the transcripts were sampled; a later run into the same directory must sample the same
+way (same model, backend, sampling parameters, seed, template) or is refused, naming what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from persona_dynamics import __version__
+from persona_dynamics.config import Study
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.generation.requests import Result, generating_checkpoint
+from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows, write_atomic
+from persona_dynamics.models import is_local
+from persona_dynamics.roles import digest
+
+MANIFEST = "manifest.json"
+# Manifest fields that must agree between runs writing into one directory.
+FIXED = (
+    "model",
+    "revision",
+    "backend",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "model_display_name",
+    "chat_template_hash",
+)
+
+
+def transcripts_dir(cfg: Study) -> Path:
+    """Where the generating checkpoint's transcripts of this run live."""
+    ckpt = generating_checkpoint(cfg)
+    if is_local(ckpt.model):
+        model, rev = Path(ckpt.model).name, ckpt.label
+    else:
+        model, rev = ckpt.model.replace("/", "_"), ckpt.revision.replace("/", "_")
+    if ckpt.adapter:  # an adapter's own text never mixes with its base's
+        rev = ckpt.label
+    return cfg.path("transcripts") / model / rev
+
+
+def part_path(directory: Path, role: str, shard: tuple[int, int] = (0, 1)) -> Path:
+    """The file a (role, shard) appends to."""
+    if shard[1] == 1:
+        return directory / f"{role}.jsonl"
+    return directory / f"{role}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def role_parts(directory: Path) -> dict[str, list[Path]]:
+    """Every role's files in a transcripts directory (the role is the name before the first dot)."""
+    parts: dict[str, list[Path]] = {}
+    for p in sorted(directory.glob("*.jsonl")):
+        parts.setdefault(p.name.split(".", 1)[0], []).append(p)
+    return parts
+
+
+def written_keys(directory: Path, role: str) -> set[tuple]:
+    """Keys of a role already written in any part (so a resumed or unsharded run skips them)."""
+    out: set[tuple] = set()
+    for p in role_parts(directory).get(role, []):
+        out |= existing_keys(p)
+    return out
+
+
+def to_row(result: Result) -> dict:
+    """The transcript row of one result, as DESIGN.md's contract (the role is the file)."""
+    _, spi, qi = result.request.id
+    return {
+        "system_prompt_idx": spi,
+        "question_idx": qi,
+        "rollout_idx": result.rollout,
+        "messages": list(result.request.messages),
+        "response": result.response,
+        "finish_reason": result.finish_reason,
+        "n_tokens": result.n_tokens,
+    }
+
+
+def read_transcripts(directory: str | Path, roles: list[str] | None = None) -> list[dict]:
+    """Every row of every role (or of the named ones), role added, shards merged, sorted by key.
+
+    A torn last line from a killed writer is dropped; a key written twice is an error.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PersonaDynamicsError(
+            f"{directory}: no transcripts here; run `persona-dynamics generate` first"
+        )
+    parts = role_parts(directory)
+    if roles is not None:
+        missing = [r for r in roles if r not in parts]
+        if missing:
+            raise PersonaDynamicsError(
+                f"{directory}: no transcripts for role(s) {', '.join(missing)} "
+                f"(present: {', '.join(sorted(parts)) or 'none'})"
+            )
+        parts = {r: parts[r] for r in roles}
+    out, seen = [], {}
+    for role, paths in parts.items():
+        for p in paths:
+            for row in read_rows(p):
+                key = (role, *key_of(row, KEY))
+                if key in seen:
+                    raise PersonaDynamicsError(f"{p}: key {key} also written in {seen[key]}")
+                seen[key] = p
+                out.append({"role": role, **row})
+    out.sort(key=lambda r: (r["role"], *key_of(r, KEY)))
+    return out
+
+
+def transcripts_digest(rows: list[dict]) -> str:
+    """Content hash over (key, messages, response), independent of row order."""
+    items = [[r["role"], *key_of(r, KEY), r["messages"], r["response"]] for r in rows]
+    return digest(sorted(items, key=lambda x: x[:4]))
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest of a transcripts directory, or None when there is none yet."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PersonaDynamicsError(f"{path}: corrupt manifest ({exc.msg})") from None
+
+
+def check_manifest(directory: Path, manifest: dict) -> None:
+    """Refuse a run whose sampling differs from the one recorded in this directory.
+
+    Only the FIXED fields present in `manifest` are compared, so a run can check the sampling
+    parameters before loading its model and the chat template after.
+    """
+    old = read_manifest(directory)
+    if old is None:
+        return
+    diff = [
+        f"{k}: recorded {old.get(k)!r}, now {manifest[k]!r}"
+        for k in FIXED
+        if k in manifest and old.get(k) != manifest[k]
+    ]
+    if diff:
+        raise PersonaDynamicsError(
+            f"{directory / MANIFEST}: this run samples differently from the transcripts already "
+            f"there ({'; '.join(diff)}); use another --run-name or the recorded values"
+        )
+
+
+def write_manifest(directory: Path, manifest: dict) -> Path:
+    """Record (atomically) how this directory's transcripts were sampled; roles accumulate."""
+    old = read_manifest(directory) or {}
+    roles = sorted(set(old.get("roles", [])) | set(manifest.get("roles", [])))
+    out = {
+        **manifest,
+        "roles": roles,
+        "package_version": __version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return write_atomic(directory / MANIFEST, json.dumps(out, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,128 @@
+"""Append-only keyed JSONL files that survive kill -9: the one writer and reader for transcripts,
+scores and caches.
+
+A writer appends whole lines and flushes and fsyncs once per batch, so a process killed at any
+moment leaves every earlier line complete and at most one torn last line (no trailing newline).
+Readers drop that torn line; the next writer cuts it off before appending. Rows are identified by
+a key, a tuple of named fields; a re-run skips the keys already present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from persona_dynamics.errors import PersonaDynamicsError, located
+
+log = logging.getLogger(__name__)
+
+KEY = ("system_prompt_idx", "question_idx", "rollout_idx")
+
+
+def key_of(row: dict, fields: Sequence[str] = KEY) -> tuple:
+    """The key of a row: the values of `fields`, in order."""
+    return tuple(row[f] for f in fields)
+
+
+def complete_length(path: Path, chunk: int = 1 << 16) -> int:
+    """Byte length of the file up to and including its last newline (its complete lines)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            block = f.read(end - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                return start + i + 1
+            end = start
+    return 0
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Every complete row of a JSONL file; a torn last line (from a kill) is dropped.
+
+    A missing file reads as no rows. A line that is complete but not a JSON object is corruption,
+    not a kill, and an error naming file:line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        log.warning(
+            "%s: dropping a torn last line (%d bytes) left by an interrupted writer",
+            path,
+            len(data) - cut,
+        )
+    rows = []
+    for n, line in enumerate(data[:cut].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PersonaDynamicsError(located(path, f"corrupt line: {exc.msg}", n)) from None
+        if not isinstance(row, dict):
+            raise PersonaDynamicsError(located(path, "corrupt line: not a JSON object", n))
+        rows.append(row)
+    return rows
+
+
+def existing_keys(path: str | Path, fields: Sequence[str] = KEY) -> set[tuple]:
+    """The keys already written to a JSONL file (none when it does not exist)."""
+    path = Path(path)
+    out = set()
+    for n, row in enumerate(read_rows(path), 1):
+        try:
+            out.add(key_of(row, fields))
+        except KeyError as exc:
+            raise PersonaDynamicsError(located(path, f"row {n} lacks key field {exc}")) from None
+    return out
+
+
+class Appender:
+    """Append rows to one JSONL file: cut a torn tail first, then flush and fsync every batch."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            keep = complete_length(self.path)
+            if keep < self.path.stat().st_size:
+                log.warning("%s: cutting a torn last line before appending", self.path)
+                os.truncate(self.path, keep)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, rows: Iterable[dict]) -> int:
+        """Append rows as one batch, durable on return; returns how many were written."""
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        if lines:
+            self._f.write("".join(lines))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        return len(lines)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file atomically: a temporary name beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

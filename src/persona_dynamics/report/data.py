@@ -1,0 +1,329 @@
+"""A run's analysis files read back as plain Python: dicts, lists of rows and small numpy arrays.
+
+`load_run(dir)` reads what `analyze` and `compare` wrote (the formats are documented at the top of
+`persona_dynamics.analysis`): space.h5 (only the small per-layer arrays, never the role vectors'
+full width), summary.json, and when present dynamics.json, dynamics.csv, labels.csv,
+across/*.json, and the adapter placements of `adapters.place` (adapters.csv,
+adapters_nearest.csv). The helpers below turn them into the series the plots and tables draw, so the
+HTML report and the notebook show the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from persona_dynamics.config import Study
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.roles import DEFAULT
+
+TEXT = {"space", "label", "vector", "role", "statistic", "base", "text"}
+INTS = {"stage", "layer", "category", "n_samples", "rank"}
+NAN = (math.nan, math.nan, math.nan)
+
+
+@dataclass
+class LayerSpace:
+    """The reference space at one layer: role vectors' coordinates and the space's statistics."""
+
+    layer: int
+    names: list[str]  # role vector names (`role@score`, or `role` unscored); default excluded
+    roles: list[str]
+    categories: np.ndarray  # judge score of each vector, -1 unscored
+    counts: np.ndarray  # samples per vector
+    explained_variance_ratio: np.ndarray  # (k,)
+    projections: np.ndarray  # (V, k) coordinates on the PCs
+    axis_projections: np.ndarray  # (V,) p(v) on the Assistant Axis
+    default_projection: np.ndarray  # (k,)
+    default_axis: float  # p(default)
+    stats: dict[str, tuple[float, float, float]]  # statistic -> (value, lo, hi)
+
+
+@dataclass
+class Run:
+    """One run's analysis outputs; `stages` are the checkpoint labels, `adapters` the rest."""
+
+    dir: Path
+    meta: dict  # space.h5 root attributes
+    summary: dict
+    spaces: dict[int, LayerSpace]
+    dynamics: dict | None = None
+    vectors: list[dict] = field(default_factory=list)  # dynamics.csv rows
+    labels: list[dict] = field(default_factory=list)  # labels.csv rows
+    across: dict[str, dict] = field(default_factory=dict)  # other run -> across/<run>.json
+    adapters: dict[str, str] = field(default_factory=dict)  # adapter label -> base ("" unknown)
+    placed: list[dict] = field(default_factory=list)  # adapters.csv rows
+    nearest: list[dict] = field(default_factory=list)  # adapters_nearest.csv rows
+
+    @property
+    def layers(self) -> list[int]:
+        """Analyzed layers, ascending."""
+        return sorted(self.spaces)
+
+    @property
+    def lead(self) -> int:
+        """The layer the analysis leads with (the middle one by default)."""
+        return int(self.summary["lead_layer"])
+
+    @property
+    def scored(self) -> bool:
+        """Whether judge scores filtered the role vectors."""
+        return bool(self.summary.get("scored"))
+
+    @property
+    def compared(self) -> list[str]:
+        """Every label compare projected, in its order (stages and adapters)."""
+        return list(self.dynamics["labels"]) if self.dynamics else []
+
+    @property
+    def stages(self) -> list[str]:
+        """The checkpoint labels along training, adapters left out."""
+        return [x for x in self.compared if x not in self.adapters]
+
+    @property
+    def reference(self) -> str:
+        """The reference checkpoint's label."""
+        return str(self.summary["reference"])
+
+
+def load_run(path: str | Path, adapters: dict[str, str] | None = None) -> Run:
+    """Read a run's analysis directory (`<output_root>/analysis/<run>`)."""
+    path = Path(path)
+    for name in ("space.h5", "summary.json"):
+        if not (path / name).is_file():
+            raise PersonaDynamicsError(
+                f"{path / name}: missing; run `persona-dynamics analyze` for this run first"
+            )
+    summary = _json(path / "summary.json")
+    meta, spaces = _spaces(path / "space.h5")
+    run = Run(dir=path, meta=meta, summary=summary, spaces=spaces, adapters=dict(adapters or {}))
+    if (path / "dynamics.json").is_file():
+        run.dynamics = _json(path / "dynamics.json")
+        run.vectors = read_rows(path / "dynamics.csv")
+        run.labels = read_rows(path / "labels.csv")
+    for other in sorted((path / "across").glob("*.json")):
+        run.across[other.stem] = _json(other)
+    if (path / "adapters.csv").is_file():
+        run.placed = read_rows(path / "adapters.csv")
+        run.nearest = read_rows(path / "adapters_nearest.csv")
+        run.adapters |= {r["label"]: r["base"] for r in run.placed}
+    return run
+
+
+def run_of(cfg: Study) -> Run:
+    """A config's run; its adapter labels are kept apart from the training stages."""
+    labels = [c.label for c in cfg.checkpoints if c.adapter]
+    labels += [a.name for a in cfg.adapters.training] if cfg.adapters else []
+    return load_run(cfg.path("analysis"), dict.fromkeys(labels, ""))
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PersonaDynamicsError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def _cell(key: str, text: str):
+    if key in TEXT:
+        return text
+    if text == "":
+        return math.nan
+    return int(text) if key in INTS else float(text)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A CSV written by `compare`, numbers parsed (empty cells are NaN)."""
+    if not path.is_file():
+        raise PersonaDynamicsError(f"{path}: missing; run `persona-dynamics compare` again")
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [{k: _cell(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _plain(value):
+    value = value.tolist() if hasattr(value, "tolist") else value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _spaces(path: Path) -> tuple[dict, dict[int, LayerSpace]]:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        meta = {k: _plain(v) for k, v in h5.attrs.items()}
+        names = list(h5["names"].asstr()[:-1])
+        roles = list(h5["roles"].asstr()[:-1])
+        categories, counts = h5["categories"][:-1], h5["counts"][:-1]
+        spaces = {}
+        for layer in meta["layers"]:
+            g = h5[f"layer_{layer}"]
+            stats = {
+                k: (float(v), float(g.attrs[f"{k}_lo"]), float(g.attrs[f"{k}_hi"]))
+                for k, v in g.attrs.items()
+                if not k.endswith(("_lo", "_hi"))
+            }
+            spaces[int(layer)] = LayerSpace(
+                layer=int(layer),
+                names=names,
+                roles=roles,
+                categories=categories,
+                counts=counts,
+                explained_variance_ratio=g["explained_variance_ratio"][:],
+                projections=g["projections"][:],
+                axis_projections=g["axis_projections"][:],
+                default_projection=g["default_projection"][:],
+                default_axis=float((g["default"][:] - g["mean"][:]) @ g["axis_unit"][:]),
+                stats=stats,
+            )
+    return meta, spaces
+
+
+# --- series for plots and tables -----------------------------------------------------------------
+
+
+def statistic(
+    run: Run, label: str, layer: int, name: str, space: str = "reference"
+) -> tuple[float, float, float]:
+    """(value, lo, hi) of one per-label statistic from labels.csv; NaNs when absent."""
+    for r in run.labels:
+        if (r["space"], r["label"], r["layer"], r["statistic"]) == (space, label, layer, name):
+            return r["value"], r["lo"], r["hi"]
+    return NAN
+
+
+def vector_rows(
+    run: Run, layer: int, label: str | None = None, space: str = "reference"
+) -> list[dict]:
+    """dynamics.csv rows at one layer (one label's, or every label's), in file order."""
+    return [
+        r
+        for r in run.vectors
+        if r["space"] == space and r["layer"] == layer and (label is None or r["label"] == label)
+    ]
+
+
+def series(run: Run, layer: int, name: str, labels: list[str] | None = None) -> dict:
+    """A statistic across labels (default: the stages): {label, value, lo, hi} lists."""
+    labels = run.stages if labels is None else labels
+    vals = [statistic(run, x, layer, name) for x in labels]
+    return {
+        "label": labels,
+        **{k: [v[i] for v in vals] for i, k in enumerate(("value", "lo", "hi"))},
+    }
+
+
+def ranking(run: Run, layer: int) -> dict:
+    """Role vectors sorted along the reference axis (Assistant end last), with intervals.
+
+    Intervals come from compare's reference-label rows; without them they are NaN.
+    """
+    sp = run.spaces[layer]
+    value = np.asarray(sp.axis_projections, dtype=float)
+    lo = hi = np.full(len(value), np.nan)
+    rows = {r["vector"]: r for r in vector_rows(run, layer, run.reference)}
+    if rows:
+        lo = np.array([rows.get(n, {}).get("axis_lo", math.nan) for n in sp.names])
+        hi = np.array([rows.get(n, {}).get("axis_hi", math.nan) for n in sp.names])
+    order = np.argsort(value, kind="stable")
+    d = rows.get(DEFAULT, {})
+    return {
+        "names": [sp.names[i] for i in order],
+        "value": value[order],
+        "lo": lo[order],
+        "hi": hi[order],
+        "default": (sp.default_axis, d.get("axis_lo", math.nan), d.get("axis_hi", math.nan)),
+    }
+
+
+def trajectories(run: Run, layer: int, roles: list[str] | None = None) -> dict[str, dict]:
+    """Each vector's projection and z-score across the stages: vector -> {axis, z, ...} lists.
+
+    Without a judge every role has one vector; with one, only the axis category's vectors
+    (one line per role), plus the default. `roles` narrows to those roles.
+    """
+    keep = {int(run.meta.get("axis_category", 3)), -1}
+    out: dict[str, dict] = {}
+    stage = {x: i for i, x in enumerate(run.stages)}
+    for r in vector_rows(run, layer):
+        if r["label"] not in stage or (r["category"] not in keep):
+            continue
+        if roles is not None and r["role"] not in roles and r["vector"] != DEFAULT:
+            continue
+        t = out.setdefault(r["vector"], {"role": r["role"], "label": []})
+        t["label"].append(r["label"])
+        for k in ("axis", "axis_lo", "axis_hi", "z", "z_lo", "z_hi"):
+            t.setdefault(k, []).append(r[k])
+    return out
+
+
+def placements(run: Run, layer: int) -> list[dict]:
+    """Each adapter's place per kind of text (adapters.csv): statistic -> (value, lo, hi).
+
+    Also its base, the nearest role vectors [(vector, cos, lo, hi)] and `nearest_share`.
+    """
+    out: dict[tuple[str, str], dict] = {}
+    for r in run.placed:
+        if r["layer"] == layer:
+            p = out.setdefault(
+                (r["label"], r["text"]),
+                {"adapter": r["label"], "base": r["base"], "text": r["text"], "nearest": []},
+            )
+            p[r["statistic"]] = (r["value"], r["lo"], r["hi"])
+    for r in sorted(run.nearest, key=lambda r: r["rank"]):
+        if r["layer"] == layer and (r["label"], r["text"]) in out:
+            out[r["label"], r["text"]]["nearest"].append(
+                (r["vector"], r["cos"], r["cos_lo"], r["cos_hi"])
+            )
+    return list(out.values())
+
+
+def default_pcs(run: Run, label: str, layer: int) -> tuple[float, float]:
+    """A label's default vector on the reference PC1 and PC2 (NaN when compare lacks it)."""
+    if label == run.reference:
+        d = run.spaces[layer].default_projection
+        return float(d[0]), float(d[1]) if len(d) > 1 else math.nan
+    for r in vector_rows(run, layer, label):
+        if r["vector"] == DEFAULT:
+            return r["pc1"], r.get("pc2", math.nan)
+    return math.nan, math.nan
+
+
+def stage_table(run: Run, layer: int) -> list[dict]:
+    """One row per stage with the paper's statistics: value, lo, hi triples (NaN when absent).
+
+    The PCA statistics of a stage's own space come from compare's refit rows (analysis.refit);
+    the reference's always come from analyze's summary.
+    """
+    own = {
+        "n_pcs": "n_pcs_target",
+        "cos_pc1_axis": "cos_pc1_axis",
+        "position_pc1": "position_pc1",
+    }
+    moved = {
+        "axis_mean": "axis_mean",
+        "axis_default": "axis_default",
+        "separation": "separation",
+        "axis_cos": "axis_cos",
+        "loading_corr_pc1": "loading_corr_pc1",
+    }
+    lead = run.summary["per_layer"][str(layer)]
+    rows = []
+    for label in run.stages or [run.reference]:
+        row: dict = {"label": label, "reference": label == run.reference}
+        for key, stat in own.items():
+            if label == run.reference:
+                s = lead[stat]
+                row[key] = tuple(math.nan if s[k] is None else s[k] for k in ("value", "lo", "hi"))
+            else:
+                row[key] = statistic(run, label, layer, stat, space="refit")
+        for key, stat in moved.items():
+            row[key] = statistic(run, label, layer, stat)
+        rows.append(row)
+    return rows

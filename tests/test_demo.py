@@ -1,0 +1,26 @@
+"""The offline demo: every stage ran, the config it ran is the shipped analysis/demo.toml."""
+
+from __future__ import annotations
+
+import json
+
+from persona_dynamics.config import STAGES, dump, load
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_ran_every_stage_and_recorded_it(demo_run):
+    cfg, outputs = demo_run
+    assert list(outputs) == list(STAGES)
+    record = json.loads((cfg.output_root / "runs" / "demo.json").read_text())
+    assert set(record["seconds"]) == set(STAGES)
+    assert outputs["report"].name == "report.html" and outputs["report"].stat().st_size > 1e6
+    assert (outputs["report"].parent / "png" / "plot-axis-movement.png").exists()
+
+
+@pytest.mark.slow
+def test_shipped_demo_config_is_what_the_demo_runs(demo_run):
+    cfg, _ = demo_run
+    ran = dump(cfg).replace(str(cfg.output_root), "outputs").replace(str(ROOT) + "/", "")
+    assert ran == dump(load(ROOT / "analysis" / "demo.toml"))

@@ -1,0 +1,79 @@
+"""notebooks/axis_explorer.ipynb executed with nbclient on a planted run's analysis files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from report_run import ADAPTER, SHIFT, build
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "axis_explorer.ipynb"
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def outputs(nb) -> list[dict]:
+    """Every output: the cells' own and those captured in interactive widgets' output areas."""
+    out = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model in state.get("state", {}).values():
+        if model["model_name"] == "OutputModel":
+            out += model["state"].get("outputs", [])
+    return out
+
+
+@pytest.mark.slow
+def test_axis_explorer_runs_on_a_planted_run(tmp_path, monkeypatch):
+    cfg = build(tmp_path)
+    monkeypatch.setenv("PERSONA_DYNAMICS_RUN", str(cfg.path("analysis")))
+    monkeypatch.delenv("PERSONA_DYNAMICS_CONFIG", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outs = outputs(nb)
+    errors = [o for o in outs if o["output_type"] == "error"]
+    assert not errors, errors[0]["traceback"][-3:] if errors else None
+    figures = [o["data"][PLOTLY] for o in outs if PLOTLY in o.get("data", {})]
+    titles = [f["layout"]["title"]["text"] for f in figures]
+    for want in ("Movement along", "Roles on PC1-PC2", "Roles along", "cos(PC1", "Explained",
+                 "Per-role trajectories", "Persona adapters"):  # fmt: skip
+        assert any(t.startswith(want) for t in titles), (want, titles)
+    # the headline figure shows the planted stage order: separation falls stage by stage
+    move = next(f for f in figures if f["layout"]["title"]["text"].startswith("Movement"))
+    sep = next(t for t in move["data"] if t["name"] == "separation")
+    assert sep["x"] == list(SHIFT) and np.all(np.diff(sep["y"]) < 0)
+    mean = next(t for t in move["data"] if t["name"] == "mean role")
+    np.testing.assert_allclose(np.diff(mean["y"]), np.diff(list(SHIFT.values())), rtol=0.02)
+    # the widgets' roles plot carries every role name for hovering
+    pc = next(f for f in figures if f["layout"]["title"]["text"].startswith("Roles on PC1-PC2"))
+    names = {n for t in pc["data"] for n in t.get("text") or []}
+    assert {f"role{i:02d}@3" for i in range(8)} <= names
+    last = nb.cells[-1].outputs[0]["data"]["text/plain"]
+    shown = json.loads(last.replace("'", '"'))
+    assert shown["stages"] == list(SHIFT) and shown["adapters"] == [ADAPTER] and shown["lead"] == 2
+
+
+@pytest.mark.slow
+def test_axis_explorer_runs_on_the_demo_outputs(demo_run, tmp_path, monkeypatch):
+    cfg, _ = demo_run
+    monkeypatch.setenv("PERSONA_DYNAMICS_RUN", str(cfg.path("analysis")))
+    monkeypatch.delenv("PERSONA_DYNAMICS_CONFIG", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outs = outputs(nb)
+    errors = [o for o in outs if o["output_type"] == "error"]
+    assert not errors, errors[0]["traceback"][-3:] if errors else None
+    figures = [o["data"][PLOTLY] for o in outs if PLOTLY in o.get("data", {})]
+    move = next(f for f in figures if f["layout"]["title"]["text"].startswith("Movement"))
+    mean = next(t for t in move["data"] if t["name"] == "mean role")
+    stages = [s for s in mean["x"] if s != "base"]  # the toy plants the order from sft on
+    ys = [y for s, y in zip(mean["x"], mean["y"], strict=True) if s != "base"]
+    assert stages == ["sft", "dpo", "rlvr-1", "rlvr-2", "instruct"] and ys == sorted(ys)

@@ -1,0 +1,246 @@
+"""The toy organism: checkpoints load through the project's loader, sampled answers carry the role's
+style, roles are separable in activations, the planted stage order is in the raw activations, the
+toy judge agrees with the planted scores, and a seed gives the same weights bit for bit.
+
+Activations here are read with a plain forward hook, one conversation at a time (no padding), an
+independent path from the build's own batched measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from persona_dynamics import chat, toy
+from persona_dynamics.config import Checkpoint
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.judge import parse_score
+from persona_dynamics.models import load_model, load_tokenizer
+
+SAMPLED_ROLES = ["pirate", "cat", "robot_butler", "cowboy", "oracle", "default"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on shared cores, thread contention makes tiny forwards 100x slower."""
+    with toy.single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def src() -> toy.Source:
+    return toy.Source.load()
+
+
+@pytest.fixture(scope="module")
+def tok(toy_family):
+    return load_tokenizer(str(toy_family.checkpoints["instruct"]))
+
+
+def model(family: toy.ToyFamily, label: str):
+    """A stage (or the judge) loaded through the project's model loader."""
+    path = family.judge if label == "judge" else family.checkpoints[label]
+    return load_model(Checkpoint(label=label, model=str(path)), device="cpu").model
+
+
+def response_means(net, tok, examples: list[toy.Example], layer: int) -> np.ndarray:
+    """Mean residual after block `layer` over each response's tokens, read with a forward hook."""
+    seen = {}
+    handle = net.model.layers[layer].register_forward_hook(lambda m, i, o: seen.update(h=o))
+    out = []
+    try:
+        with torch.no_grad():
+            for e in examples:
+                enc = chat.encode(tok, list(e.messages), e.response)
+                net(torch.tensor([enc.input_ids]))
+                out.append(seen["h"][0, enc.start : enc.end].mean(0).double().numpy())
+    finally:
+        handle.remove()
+    return np.stack(out)
+
+
+def test_checkpoints_load_through_the_model_loader(toy_family, tok):
+    truth = toy_family.truth
+    assert truth["stages"] == ["base", "sft", "dpo", "rlvr-1", "rlvr-2", "instruct"]
+    assert list(toy_family.checkpoints) == truth["stages"]
+    for label in [*truth["stages"], "judge"]:
+        net = model(toy_family, label)
+        assert type(net).__name__ == "Olmo2ForCausalLM"
+        assert net.config.num_hidden_layers == truth["model_config"]["num_hidden_layers"] == 4
+        path = toy_family.judge if label == "judge" else toy_family.checkpoints[label]
+        own = load_tokenizer(str(path))
+        assert own.is_fast and own.bos_token == own.eos_token == "<|endoftext|>"
+        assert (own.chat_template is None) == (label == "base"), label  # base: no template
+    text = chat.prompt_text(
+        tok, [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    )
+    assert text == "<|endoftext|><|system|>\nS\n<|user|>\nQ\n<|assistant|>\n"
+    for special in ("<|system|>", "<|user|>", "<|assistant|>"):
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
+    assert truth["expected_order"] == truth["stages"][1:]
+    assert set(truth["styles"]) == {*toy.DEMO_ROLES, "default"}
+
+
+@pytest.mark.parametrize("label", ["sft", "instruct"])
+def test_sampled_answers_carry_the_role_style(toy_family, tok, src, label):
+    """HF sampling at temperature 0.7 under role prompts: most answers carry the role's markers
+    and no other role's markers compete (answers drifting to the Assistant are the plant)."""
+    by_name = {r.name: r for r in [*src.roles, src.default]}
+    questions = src.split(held_out=True)
+    prompts, who = [], []
+    for name in SAMPLED_ROLES:
+        role = by_name[name]
+        for k in range(10):
+            system = role.instructions[k % len(role.instructions)].replace(
+                "{model_name}", "ToyOLMo"
+            )
+            question = src.questions[questions[k]].question
+            prompts.append(chat.prompt_text(tok, list(toy.messages_for(system, question))))
+            who.append(name)
+    batch = tok(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    torch.manual_seed(0)
+    out = model(toy_family, label).generate(
+        **batch, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=64
+    )
+    texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    styles = toy.STYLES | {"default": toy.ASSISTANT}
+    hits = []
+    for name in SAMPLED_ROLES:
+        mine = [t for t, w in zip(texts, who, strict=True) if w == name]
+        own = [toy.marker_count(t, styles[name]) for t in mine]
+        hits += [n >= 2 for n in own]
+        rivals = [s for r, s in toy.STYLES.items() if r != name]
+        rival = max(sum(toy.marker_count(t, s) for t in mine) for s in rivals)
+        assert sum(own) > 2 * rival, (name, mine)
+    assert np.mean(hits) >= 0.7, list(zip(who, texts, strict=True))
+
+
+@pytest.mark.parametrize("label", ["sft", "instruct"])
+def test_roles_are_separable_and_the_assistant_distinct(toy_family, tok, src, label):
+    """Nearest role centroid on held-out answers at the middle layer (chance: 1 in 25)."""
+    examples = src.fixed(8, np.random.default_rng(7))
+    x = response_means(model(toy_family, label), tok, examples, toy_family.truth["layer"])
+    who = np.array([e.role for e in examples])
+    fit = np.array([k % 8 < 4 for k in range(len(examples))])
+    names = list(dict.fromkeys(who))
+    centroids = np.stack([x[fit & (who == r)].mean(0) for r in names])
+    dist = ((x[~fit, None, :] - centroids[None]) ** 2).sum(-1)
+    guess = np.array(names)[dist.argmin(1)]
+    assert np.mean(guess == who[~fit]) >= 0.9
+    assert np.all((guess == "default") == (who[~fit] == "default"))  # the Assistant is its own
+
+
+def test_planted_stage_order_is_in_the_raw_activations(toy_family, tok, src):
+    """On fixed held-out text, the mean role projection on instruct's Assistant Axis rises stage by
+    stage by the planted fraction of the SFT gap, and the default Assistant stays put."""
+    truth = toy_family.truth
+    examples = src.fixed(6, np.random.default_rng(11))
+    who = np.array([e.role for e in examples])
+    names = [r for r in dict.fromkeys(who) if r != "default"]
+    roles_at, default_at = {}, {}
+    for label in truth["stages"]:
+        x = response_means(model(toy_family, label), tok, examples, truth["layer"])
+        roles_at[label] = np.stack([x[who == r].mean(0) for r in names])
+        default_at[label] = x[who == "default"].mean(0)
+    mu = roles_at["instruct"].mean(0)
+    axis = default_at["instruct"] - mu
+    axis /= np.linalg.norm(axis)
+    p_roles = {s: float(((v - mu) @ axis).mean()) for s, v in roles_at.items()}
+    p_default = {s: float((v - mu) @ axis) for s, v in default_at.items()}
+    order = truth["expected_order"]
+    assert all(p_roles[a] < p_roles[b] for a, b in pairwise(order)), p_roles
+    gap = p_default["sft"] - p_roles["sft"]
+    for stage, planted in truth["expected_effect"].items():
+        closed = (p_roles[stage] - p_roles["sft"]) / gap
+        assert closed == pytest.approx(planted, abs=0.08), stage
+        assert closed == pytest.approx(truth["measured"][stage]["closed"], abs=0.05), stage
+        assert abs(p_default[stage] - p_default["sft"]) < 0.2 * gap, stage  # seen: < 0.12
+
+
+def test_toy_judge_agrees_with_planted_scores(toy_family, src):
+    """Greedy answers to the judge module's prompt, parsed by it, on held-out responses."""
+    net, jtok = model(toy_family, "judge"), load_tokenizer(str(toy_family.judge))
+    examples = toy.judge_examples(src, 40, np.random.default_rng(99), held_out=True)
+    said = []
+    for messages, _ in examples:
+        ids = jtok(chat.prompt_text(jtok, messages), add_special_tokens=False, return_tensors="pt")
+        out = net.generate(**ids, do_sample=False, max_new_tokens=4)
+        answer = out[0, ids["input_ids"].shape[1] :]
+        said.append(parse_score(jtok.decode(answer, skip_special_tokens=True)))
+    agreement = np.mean([s == score for s, (_, score) in zip(said, examples, strict=True)])
+    assert agreement >= 0.8, said  # chance is 0.25
+    assert toy_family.truth["judge"]["held_out_agreement"] >= 0.8
+
+
+def test_study_config_points_at_the_family(toy_family, tmp_path):
+    cfg = toy.study_config(
+        toy_family, "toy-demo", tmp_path, roles__question_count=3, generation={"num_rollouts": 2}
+    )
+    assert [c.label for c in cfg.checkpoints] == toy_family.truth["stages"]
+    assert cfg.reference_label == "instruct" and cfg.output_root == tmp_path
+    assert cfg.judge.backend == "local" and Path(cfg.judge.model) == toy_family.judge
+    assert cfg.roles.include == toy.DEMO_ROLES and cfg.roles.question_count == 3
+    assert cfg.generation.backend == "hf" and cfg.generation.num_rollouts == 2
+    assert cfg.generation.model_display_name == toy_family.truth["model_name"]
+    with pytest.raises(PersonaDynamicsError, match="nonsense"):
+        toy.study_config(toy_family, "x", tmp_path, nonsense=1)
+
+
+TINY = toy.ToySpec(
+    layers=2, hidden=32, heads=2, mlp=64, vocab=600, n_rlvr=1, conversations=200, anchored=200,
+    batch=4, base_steps=2, sft_steps=3, stage_steps=2, judge_conversations=16, judge_steps=2,
+    judge_batch=2, judge_held_out=8, fixed_per_role=2,
+)  # fmt: skip
+
+
+def digests(root: Path) -> dict[str, str]:
+    files = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.suffix == ".safetensors" or p.name == "tokenizer.json"
+    ]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_same_seed_same_weights_and_the_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_DYNAMICS_CACHE", str(tmp_path / "cache"))
+    first = toy.cached_build(seed=3, spec=TINY)
+    assert first.root.parent == tmp_path / "cache" / "toy"
+    assert first.root.name == first.truth["key"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached family was rebuilt")
+
+    with monkeypatch.context() as m:
+        m.setattr(toy, "build", refuse)
+        assert toy.cached_build(seed=3, spec=TINY).root == first.root
+    again = toy.build(tmp_path / "again", seed=3, spec=TINY)
+    assert len(digests(first.root)) == 12 and digests(again.root) == digests(first.root)
+    other = toy.build(tmp_path / "other", seed=4, spec=TINY)
+    assert (
+        digests(other.root)["sft/model.safetensors"] != digests(first.root)["sft/model.safetensors"]
+    )
+    with pytest.raises(PersonaDynamicsError, match="not a toy build"):
+        toy.build(tmp_path / "cache", seed=3, spec=TINY)
+
+
+def test_cli_build_reuses_the_cache_and_refuses_a_foreign_directory(toy_family, tmp_path):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "persona_dynamics", "toy", "build", *args]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    r = cli()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{toy_family.root}: base sft dpo rlvr-1 rlvr-2 instruct + judge")
+    (tmp_path / "notes.txt").write_text("mine")
+    r = cli("--out", str(tmp_path), "--seed", "1")
+    assert r.returncode == 2 and "not a toy build" in r.stderr
