@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from persona_dynamics.config import STAGES, dump, load
 
 from conftest import ROOT
