@@ -16,7 +16,8 @@ def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_stage():
     out = cli("--help").stdout
-    for cmd in ("roles", "config"):
+    stages = ("generate", "judge", "capture", "analyze", "compare", "report", "run", "demo")
+    for cmd in ("roles", "config", "toy", "revisions", "adapters", *stages):
         assert cmd in out, cmd
 
 

@@ -56,7 +56,11 @@ def test_readme_cli_lines(line):
     args = shlex.split(line)[1:]
     subcommand = next((a for a in args if not a.startswith("-")), None)
     if subcommand in HEAVY:
-        words = [a for a in args if re.fullmatch(r"[a-z-]+", a)][:2]
+        words = []  # the command path: leading bare words, up to the first flag or file
+        for a in args:
+            if not re.fullmatch(r"[a-z]+", a):
+                break
+            words.append(a)
         r = cli(*words, "--help")
     else:
         r = cli(*args)
