@@ -53,6 +53,25 @@ def read_json(path: Path) -> object:
         ) from None
 
 
+def read_jsonl(path: Path, what: str) -> list[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line; errors name file:line:column."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PersonaDynamicsError(f"{path}: {what} file not found") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise PersonaDynamicsError(
+                located(path, f"invalid JSON: {exc.msg}", n, exc.colno)
+            ) from None
+    return rows
+
+
 def load_role(path: str | Path) -> Role:
     """Load and check one `<role>.json`; every problem names the file and field."""
     path = Path(path)
@@ -124,20 +143,8 @@ def load_default(directory: str | Path) -> Role:
 def load_questions(path: str | Path, count: int | None = None) -> list[Question]:
     """Read the shared questions JSONL (`id`, `question`, optional `category`)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: questions file not found") from None
     out: list[Question] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PersonaDynamicsError(
-                located(path, f"invalid JSON: {exc.msg}", n, exc.colno)
-            ) from None
+    for n, row in read_jsonl(path, "questions"):
         if not isinstance(row, dict):
             raise PersonaDynamicsError(located(path, "each line must be a JSON object", n))
         q, qid, cat = row.get("question"), row.get("id", len(out)), row.get("category")

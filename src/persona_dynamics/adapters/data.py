@@ -25,7 +25,7 @@ from pathlib import Path
 
 from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.jsonl import write_atomic
-from persona_dynamics.roles import digest, read_json
+from persona_dynamics.roles import digest, read_json, read_jsonl
 
 Message = dict[str, str]
 
@@ -139,20 +139,8 @@ def _conversation(row: object, where) -> Conversation:
 def read_conversations(path: str | Path) -> list[Conversation]:
     """Read a persona conversation JSONL; every problem names the file, line and field."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: conversation file not found") from None
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PersonaDynamicsError(
-                located(path, f"invalid JSON: {exc.msg}", n, exc.colno)
-            ) from None
+    for n, row in read_jsonl(path, "conversation"):
         out.append(_conversation(row, lambda msg, n=n: located(path, msg, n)))
     if not out:
         raise PersonaDynamicsError(f"{path}: no conversations")
