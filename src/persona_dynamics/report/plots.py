@@ -427,6 +427,8 @@ def write_png(fig: go.Figure, path: Path, dpi: int = 110) -> Path:
             _trace(axes[(tr.xaxis or "x", tr.yaxis or "y")], tr)
         for shape in lay.shapes:
             _shape(axes, shape)
+        for ax in axes.values():
+            _declutter(ax)
         for ann in lay.annotations:  # subplot titles, placed on the paper
             x, y = box[0] + ann.x * box[2], box[1] + ann.y * box[3]
             mpl.text(x, y + 0.01, ann.text, ha="center", va="bottom", fontsize=9)
@@ -439,6 +441,17 @@ def write_png(fig: go.Figure, path: Path, dpi: int = 110) -> Path:
     finally:
         plt.close(mpl)
     return path
+
+
+def _declutter(ax) -> None:
+    """Slant category labels that would overlap at the axes' width (matplotlib does not)."""
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    longest = max((len(x) for line in labels for x in line.split("\n")), default=0)
+    width_chars = ax.get_position().width * ax.figure.get_figwidth() * 72 / 5  # ~5 pt per char
+    if labels and longest * len(labels) > width_chars:
+        ax.tick_params(axis="x", labelrotation=30)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
 
 
 def _legend(mpl, axes: dict, lay) -> None:
