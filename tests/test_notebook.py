@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 from report_run import ADAPTER, SHIFT, build
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "axis_explorer.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def execute(tmp_path: Path, run_dir: Path):
+    """Run the notebook in a fresh process (a kernel's event loop must not share pytest's)."""
+    out = tmp_path / "executed.ipynb"
+    env = {**os.environ, "PERSONA_DYNAMICS_RUN": str(run_dir)}
+    env.pop("PERSONA_DYNAMICS_CONFIG", None)
+    subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--ExecutePreprocessor.timeout=180", "--ExecutePreprocessor.kernel_name=python3",
+         "--output", str(out), str(NOTEBOOK)],
+        cwd=tmp_path, env=env, check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    return nbformat.read(out, as_version=4)
 
 
 def outputs(nb) -> list[dict]:
@@ -27,15 +43,10 @@ def outputs(nb) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_axis_explorer_runs_on_a_planted_run(tmp_path, monkeypatch):
+def test_axis_explorer_runs_on_a_planted_run(tmp_path):
     cfg = build(tmp_path)
-    monkeypatch.setenv("PERSONA_DYNAMICS_RUN", str(cfg.path("analysis")))
-    monkeypatch.delenv("PERSONA_DYNAMICS_CONFIG", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    NotebookClient(
-        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    assert any("parameters" in c.metadata.get("tags", []) for c in nbformat.read(NOTEBOOK, 4).cells)
+    nb = execute(tmp_path, cfg.path("analysis"))
     outs = outputs(nb)
     errors = [o for o in outs if o["output_type"] == "error"]
     assert not errors, errors[0]["traceback"][-3:] if errors else None
@@ -60,14 +71,9 @@ def test_axis_explorer_runs_on_a_planted_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_axis_explorer_runs_on_the_demo_outputs(demo_run, tmp_path, monkeypatch):
+def test_axis_explorer_runs_on_the_demo_outputs(demo_run, tmp_path):
     cfg, _ = demo_run
-    monkeypatch.setenv("PERSONA_DYNAMICS_RUN", str(cfg.path("analysis")))
-    monkeypatch.delenv("PERSONA_DYNAMICS_CONFIG", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(
-        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    nb = execute(tmp_path, cfg.path("analysis"))
     outs = outputs(nb)
     errors = [o for o in outs if o["output_type"] == "error"]
     assert not errors, errors[0]["traceback"][-3:] if errors else None
