@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_dynamics.chat import (
-    OLMO2_CHAT_TEMPLATE,
-    OLMO2_SPECIAL_TOKENS,
-    conversation_text,
-    encode,
-)
+from persona_dynamics.chat import conversation_text, encode
 from persona_dynamics.toy import build_tokenizer
 
 TEXTS = [
@@ -33,33 +28,15 @@ MESSAGES = [{"role": "system", "content": "Be a pirate."}, {"role": "user", "con
 
 def olmo2_style_tokenizer():
     """A BPE with OLMo-2's pre-tokenization (cl100k-style split, then byte-level), trained here."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, pre_tokenizers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    split = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(OLMO2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=OLMO2_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
-    )
-    fast.chat_template = OLMO2_CHAT_TEMPLATE
-    return fast
+    return build_tokenizer(TEXTS, vocab_size=400, pre_tokenizer=split)
 
 
 @pytest.fixture(scope="module", params=["toy", "olmo2-split"])

@@ -294,13 +294,16 @@ class Source:
 # --- tokenizer -----------------------------------------------------------------------------------
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
-    """Train a byte-level BPE on `texts` and wrap it as an OLMo-2-style fast tokenizer."""
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048, pre_tokenizer=None):
+    """Train a byte-level BPE on `texts` and wrap it as an OLMo-2-style fast tokenizer.
+
+    `pre_tokenizer` defaults to GPT-2-style byte-level splitting; tests pass OLMo-2's own split.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
