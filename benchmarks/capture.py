@@ -25,15 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from persona_dynamics.capture.backends import HooksBackend, Reducer, block_output, reference_capture
+from persona_dynamics.capture.backends import HooksBackend, reference_capture
 from persona_dynamics.capture.plan import collate, make_plan, padding_fraction
 from persona_dynamics.capture.tokens import Sample
+from persona_dynamics.hooks import Reducer, on_blocks
 
 SHAPES = {  # layers, hidden, heads, MLP, vocabulary
     "toy": (4, 256, 4, 1024, 100352),
@@ -110,9 +112,8 @@ def truncated(model, device, layer):
         dec.layers = full[: layer + 1]
         try:
             red = Reducer(s, e, ids.shape[1], 1, "mean", device)
-            h = full[layer].register_forward_hook(lambda m, a, o: red.take(0, block_output(o)))
-            dec(input_ids=ids.to(device), use_cache=False)
-            h.remove()
+            with on_blocks(dec, {layer: partial(red.take, 0)}):
+                dec(input_ids=ids.to(device), use_cache=False)
             return red.result()
         finally:
             dec.layers = full
