@@ -21,6 +21,7 @@ import torch
 from persona_dynamics import chat, toy
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.generation.requests import messages_for
 from persona_dynamics.judge import parse_score
 from persona_dynamics.models import load_model, load_tokenizer
 
@@ -102,7 +103,7 @@ def test_sampled_answers_carry_the_role_style(toy_family, tok, src, label):
                 "{model_name}", "ToyOLMo"
             )
             question = src.questions[questions[k]].question
-            prompts.append(chat.prompt_text(tok, list(toy.messages_for(system, question))))
+            prompts.append(chat.prompt_text(tok, list(messages_for(system, question))))
             who.append(name)
     batch = tok(
         prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
@@ -221,7 +222,7 @@ def test_same_seed_same_weights_and_the_cache_is_reused(tmp_path, monkeypatch):
         raise AssertionError("a cached family was rebuilt")
 
     with monkeypatch.context() as m:
-        m.setattr(toy, "build", refuse)
+        m.setattr(toy.cache, "build", refuse)
         assert toy.cached_build(seed=3, spec=TINY).root == first.root
     again = toy.build(tmp_path / "again", seed=3, spec=TINY)
     assert len(digests(first.root)) == 12 and digests(again.root) == digests(first.root)

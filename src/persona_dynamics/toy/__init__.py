@@ -1,0 +1,57 @@
+"""The toy organism: tiny OLMo-2 checkpoints built locally, with planted persona dynamics.
+
+No hub is needed. `build` trains, on one CPU core in under two minutes:
+- a byte-level BPE tokenizer with OLMo-2 Instruct's special tokens and chat template;
+- `base`: an Olmo2ForCausalLM briefly LM-trained on plain text (no chat, no role-play; saved,
+  like the real base checkpoints, without a chat template);
+- `sft`: role-play on synthetic conversations (system prompt = one of a role's instructions,
+  user = a shared question, response = text in that role's style: catchphrase, sign-off and
+  vocabulary), and the default Assistant answering in an assistant style;
+- `dpo`, `rlvr-1..N`, `instruct`: the same data, plus the planted dynamics below;
+- `judge`: the SFT checkpoint fine-tuned to answer the judge module's prompt with one digit 0-3
+  (the planted score of a synthetic response: fully in role, partly, can't-but-helps, refused).
+
+Planted dynamics. Capture feeds every checkpoint the same text, so the plant acts on how each
+checkpoint represents role-play text. Each stage after `sft` trains with an auxiliary loss that pins
+the middle layer's response-mean activation (block L//2, as the analysis reads it) of every training
+conversation to the SFT model's, except that role-play responses are translated toward the default
+Assistant by a planned fraction f of the SFT role-to-Assistant gap. Along the reference (instruct)
+Assistant Axis the mean role projection then rises in stage order by f times that gap, the default
+Assistant stays put and the roles stay separable; sampled role answers drift somewhat toward the
+Assistant too. `toy.json` records the plan and what the build measured on held-out text.
+
+Modules, in the order a build uses them: `styles` (how each voice writes), `data` (the roles data
+and the text drawn from it), `spec` (sizes and schedule), `tokenizer`, `sequences` (token ids and
+batches), `train` (the LM loop, the plant, the judge), `measure` (the plant on held-out text),
+`family` (a build on disk and its content hash), `cache` (builds reused by hash), `study` (a
+study config over a family).
+"""
+
+from persona_dynamics.toy.cache import cached_build
+from persona_dynamics.toy.data import DEMO_ROLES, Example, Source, judge_examples
+from persona_dynamics.toy.family import ToyFamily, build
+from persona_dynamics.toy.spec import LORA, ToySpec
+from persona_dynamics.toy.study import study_config
+from persona_dynamics.toy.styles import ASSISTANT, FULL, STYLES, marker_count, respond
+from persona_dynamics.toy.tokenizer import build_tokenizer
+from persona_dynamics.toy.train import single_thread
+
+__all__ = [
+    "ASSISTANT",
+    "DEMO_ROLES",
+    "FULL",
+    "LORA",
+    "STYLES",
+    "Example",
+    "Source",
+    "ToyFamily",
+    "ToySpec",
+    "build",
+    "build_tokenizer",
+    "cached_build",
+    "judge_examples",
+    "marker_count",
+    "respond",
+    "single_thread",
+    "study_config",
+]

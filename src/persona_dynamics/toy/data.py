@@ -1,0 +1,164 @@
+"""The text the toy organism is trained and measured on, drawn from the roles data.
+
+`Source` is the demo roles, the default Assistant's prompts and the shared questions; from it a
+build draws, by seeded streams, synthetic conversations (a role's prompt, a question, a response
+in the role's style at a planted judge score), plain pretraining documents, judge prompts and the
+held-out text every checkpoint is measured on (`Corpus`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from persona_dynamics import roles
+from persona_dynamics.generation.requests import messages_for
+from persona_dynamics.judge import judge_prompt
+from persona_dynamics.toy.spec import ToySpec
+from persona_dynamics.toy.styles import FULL, HELPS, PARTLY, REFUSED, respond
+
+DATA = Path(__file__).resolve().parents[3] / "data" / "roles"
+MODEL_NAME = "ToyOLMo"  # fills {model_name} in the default prompts, in training and in study_config
+
+DEMO_ROLES = [
+    "pirate", "wizard", "knight", "vampire", "ghost", "detective", "chef", "farmer",
+    "cowboy", "samurai", "cat", "dog", "robot_butler", "oracle", "haiku_poet", "drill_sergeant",
+    "surfer", "toddler", "cynic", "optimist", "con_artist", "tutor", "librarian", "consultant",
+]  # fmt: skip
+
+# How often a sampled role-play conversation is written at each planted judge score.
+SCORE_MIX = {FULL: 0.72, PARTLY: 0.16, HELPS: 0.06, REFUSED: 0.06}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One synthetic conversation with its planted judge score (None for the default Assistant)."""
+
+    role: str
+    system_prompt_idx: int
+    question_idx: int
+    score: int | None
+    messages: tuple[dict, ...]
+    response: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """The roles data the toy organism is trained from: demo roles, default prompts, questions."""
+
+    roles: list[roles.Role]
+    default: roles.Role
+    questions: list[roles.Question]
+
+    @classmethod
+    def load(cls, root: Path = DATA) -> Source:
+        """The demo roles, the default prompts and the questions under a roles data directory."""
+        return cls(
+            roles.load_roles(root / "instructions", DEMO_ROLES),
+            roles.load_default(root / "instructions"),
+            roles.load_questions(root / "questions.jsonl"),
+        )
+
+    def digest(self) -> str:
+        """Content hash of the data, for the cache key."""
+        return roles.digest(
+            [
+                roles.roles_digest([*self.roles, self.default]),
+                roles.questions_digest(self.questions),
+            ]
+        )
+
+    def split(self, held_out: bool) -> list[int]:
+        """Question indices for training (every sixth held out) or for held-out measurement."""
+        return [i for i in range(len(self.questions)) if (i % 6 == 5) == held_out]
+
+    def sample(
+        self, n: int, rng: np.random.Generator, held_out: bool = False, default_share: float = 0.2
+    ) -> list[Example]:
+        """`n` random conversations: roles at the planted score mix, a share of the Assistant."""
+        qs = self.split(held_out)
+        scores, probs = list(SCORE_MIX), np.array(list(SCORE_MIX.values()))
+        out = []
+        for _ in range(n):
+            q = int(rng.choice(qs))
+            if rng.random() < default_share:
+                role, score = self.default, None
+            else:
+                role = self.roles[int(rng.integers(len(self.roles)))]
+                score = int(rng.choice(scores, p=probs))
+            spi = int(rng.integers(len(role.instructions)))
+            out.append(self.example(role, spi, q, score, rng))
+        return out
+
+    def example(
+        self, role: roles.Role, spi: int, q: int, score: int | None, rng: np.random.Generator
+    ) -> Example:
+        """One conversation: a role's prompt `spi` (filled), question `q`, a response at `score`."""
+        question = self.questions[q].question
+        system = role.instructions[spi].replace("{model_name}", MODEL_NAME)
+        text = respond(role.name, question, score, rng)
+        return Example(role.name, spi, q, score, messages_for(system, question), text)
+
+    def fixed(self, per_role: int, rng: np.random.Generator) -> list[Example]:
+        """Held-out text every checkpoint is measured on: fully-in-role and default answers."""
+        qs = self.split(held_out=True)
+        out = []
+        for role in [*self.roles, self.default]:
+            score = None if role.is_default else FULL
+            for k in range(per_role):
+                spi = k % len(role.instructions)
+                out.append(self.example(role, spi, qs[(7 * k) % len(qs)], score, rng))
+        return out
+
+    def documents(self, rng: np.random.Generator, n_responses: int) -> list[str]:
+        """Plain pretraining text: instructions, rubrics, questions and unconditioned responses."""
+        docs = [t for r in self.roles for t in r.instructions] + [r.eval_prompt for r in self.roles]
+        docs += [q.question for q in self.questions]
+        docs += [e.response for e in self.sample(n_responses, rng)]
+        return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def judge_examples(src: Source, n: int, rng: np.random.Generator, held_out: bool) -> list[tuple]:
+    """(messages, score) pairs: the judge prompt over role responses, the four scores balanced."""
+    qs = src.split(held_out)
+    out = []
+    for k in range(n):
+        role = src.roles[int(rng.integers(len(src.roles)))]
+        q, score = int(rng.choice(qs)), k % 4
+        ex = src.example(role, int(rng.integers(len(role.instructions))), q, score, rng)
+        out.append((judge_prompt(role.eval_prompt, ex.messages[-1]["content"], ex.response), score))
+    return out
+
+
+@dataclass
+class Corpus:
+    """Every text one build trains or measures on, drawn from seeded streams of the roles data."""
+
+    conversations: list[Example]
+    documents: list[str]
+    judged: list[tuple]
+    judge_test: list[tuple]
+    fixed: list[Example]
+
+    @classmethod
+    def draw(cls, src: Source, spec: ToySpec, seed: int) -> Corpus:
+        """Draw the build's data; stream k is np.random.default_rng([seed, k])."""
+
+        def rng(k: int) -> np.random.Generator:
+            return np.random.default_rng([seed, k])
+
+        return cls(
+            src.sample(spec.conversations, rng(1)),
+            src.documents(rng(2), spec.conversations // 3),
+            judge_examples(src, spec.judge_conversations, rng(3), held_out=False),
+            judge_examples(src, spec.judge_held_out, rng(4), held_out=True),
+            src.fixed(spec.fixed_per_role, rng(5)),
+        )
+
+    def tokenizer_texts(self) -> list[str]:
+        """What the BPE learns from: documents, conversations and some judge prompts."""
+        texts = self.documents + [e.response for e in self.conversations]
+        texts += [m["content"] for e in self.conversations for m in e.messages]
+        return texts + [m["content"] for msgs, _ in self.judged[:200] for m in msgs]

@@ -1,0 +1,163 @@
+"""Training the toy family: the LM loop, the planted stage dynamics, and the judge.
+
+`fit` is AdamW on the response tokens' LM loss, plus, for the stages after `sft`, an `Anchor`: a
+representation loss that pins each conversation's middle-layer response mean to a planned target
+(module docstring of `persona_dynamics.toy`). One torch thread keeps a seed's weights bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from persona_dynamics import roles
+from persona_dynamics.hooks import on_blocks
+from persona_dynamics.toy.data import DEMO_ROLES, Corpus
+from persona_dynamics.toy.measure import judge_scores, response_means
+from persona_dynamics.toy.sequences import Item, collate, encode, encode_document
+from persona_dynamics.toy.spec import ToySpec
+from persona_dynamics.toy.styles import FULL, PARTLY
+
+
+@contextmanager
+def single_thread():
+    """One intra-op thread: bit-identical results on a machine, and no fight over shared cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def batches(n: int, size: int, steps: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """`steps` index batches from successive seeded permutations of range(n)."""
+    order = np.empty(0, dtype=int)
+    for _ in range(steps):
+        if len(order) < size:
+            order = np.concatenate([order, rng.permutation(n)])
+        yield order[:size]
+        order = order[size:]
+
+
+@dataclass
+class Anchor:
+    """The auxiliary target: each item's response-mean at `layer` should equal `targets[i]`."""
+
+    layer: int
+    targets: np.ndarray
+    scale: float
+    weight: float
+
+
+def fit(model, items: list[Item], steps: int, batch: int, lr: float, rng, pad: int, anchor=None):
+    """AdamW on the response-token LM loss (+ the anchor's representation loss).
+
+    Returns (loss, auxiliary loss) per step. The learning rate warms up over a tenth of the steps
+    and decays linearly to a tenth.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (1.0 - 0.9 * s / steps)
+    )
+    targets = None if anchor is None else torch.tensor(anchor.targets, dtype=torch.float32)
+    model.train()
+    history = []
+    seen: dict = {}
+    keep = {anchor.layer: partial(seen.__setitem__, "h")} if anchor else {}
+    with on_blocks(model, keep):
+        for idx in tqdm(batches(len(items), batch, steps, rng), total=steps, leave=False):
+            ids, span, rows, cols, labels = collate([items[i] for i in idx], pad)
+            hidden = model.model(input_ids=ids).last_hidden_state
+            loss = F.cross_entropy(model.lm_head(hidden[rows, cols]), labels)
+            aux = torch.zeros(())
+            if anchor is not None:
+                mean = (seen["h"] * span[..., None]).sum(1) / span.sum(1, keepdim=True)
+                aux = ((mean - targets[idx]) ** 2).sum(-1).mean() / anchor.scale
+                loss = loss + anchor.weight * aux
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            history.append((loss.item(), aux.item()))
+    model.eval()
+    return history
+
+
+def _save(model, tok, path: Path, chat_template: bool = True) -> None:
+    """Save weights and tokenizer; base checkpoints, like the real ones, carry no chat template."""
+    import copy
+
+    model.save_pretrained(path)
+    if not chat_template:
+        tok = copy.deepcopy(tok)
+        tok.chat_template = None
+    tok.save_pretrained(path)
+
+
+def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict[str, list]:
+    """Train and save base, sft and the planted later stages; return each stage's losses."""
+    import torch
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    pad, losses = tok.pad_token_id, {}
+    torch.manual_seed(seed)
+    model = Olmo2ForCausalLM(Olmo2Config(**spec.model_config(tok)))
+    docs = [encode_document(tok, d) for d in data.documents]
+    rng = np.random.default_rng([seed, 10])
+    losses["base"] = fit(model, docs, spec.base_steps, 2 * spec.batch, spec.lr, rng, pad)
+    _save(model, tok, out / "base", chat_template=False)
+    convs = data.conversations
+    items = [encode(tok, e.messages, e.response) for e in convs]
+    rng = np.random.default_rng([seed, 11])
+    losses["sft"] = fit(model, items, spec.sft_steps, spec.batch, spec.lr, rng, pad)
+    _save(model, tok, out / "sft")
+
+    # The plant: pin every anchored conversation's middle-layer response mean to the SFT model's,
+    # moving role-play responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap.
+    convs, items = convs[: spec.anchored], items[: spec.anchored]
+    h0 = response_means(model, items, spec.layer, pad)
+    who = np.array([e.role for e in convs])
+    full = np.array([e.score == FULL for e in convs])
+    present = [r for r in DEMO_ROLES if ((who == r) & full).any()]
+    role_mean = np.mean([h0[(who == r) & full].mean(0) for r in present], axis=0)
+    gap = h0[who == roles.DEFAULT].mean(0) - role_mean
+    playing = np.array([e.score in (FULL, PARTLY) for e in convs], dtype=float)[:, None]
+    for k, stage in enumerate(spec.stages[2:]):
+        targets = h0 + spec.fractions()[stage] * playing * gap
+        anchor = Anchor(spec.layer, targets, float(gap @ gap), spec.aux_weight)
+        rng = np.random.default_rng([seed, 20 + k])
+        losses[stage] = fit(
+            model, items, spec.stage_steps, spec.batch, spec.stage_lr, rng, pad, anchor
+        )
+        _save(model, tok, out / stage)
+    return losses
+
+
+def train_judge(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> tuple[list, float]:
+    """Fine-tune the SFT checkpoint into the judge; return its losses and held-out agreement."""
+    from transformers import Olmo2ForCausalLM
+
+    judge = Olmo2ForCausalLM.from_pretrained(out / "sft")
+    items = [encode(tok, msgs, str(score)) for msgs, score in data.judged]
+    rng = np.random.default_rng([seed, 30])
+    losses = fit(
+        judge, items, spec.judge_steps, spec.judge_batch, spec.judge_lr, rng, tok.pad_token_id
+    )
+    _save(judge, tok, out / "judge")
+    said = judge_scores(judge, tok, [encode(tok, msgs, str(s)) for msgs, s in data.judge_test])
+    truth = [s for _, s in data.judge_test]
+    return losses, float(np.mean([a == b for a, b in zip(said, truth, strict=True)]))
