@@ -1,5 +1,5 @@
-"""A toy family on disk: build one (train every stage and the judge, write `toy.json` with the
-planted truth and what the build measured), its content hash, and opening a built one.
+"""A toy family on disk: opening a built one, the content hash of a build, and the build itself
+(train every stage and the judge, write `toy.json` with the planted truth and what it measured).
 """
 
 from __future__ import annotations
