@@ -15,6 +15,7 @@ import typer
 
 from persona_dynamics import __version__
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.roles import SHIPPED_MIN_ROLES, SHIPPED_VARIANTS
 
 app = typer.Typer(
     help="Persona space and the Assistant Axis across post-training checkpoints.",
@@ -92,18 +93,22 @@ def roles_validate(
         Path | None,
         typer.Option(help="questions JSONL (default: the shipped set with the shipped roles)"),
     ] = None,
-    min_roles: Annotated[int, typer.Option(help="policy: at least this many roles")] = 275,
-    variants: Annotated[int, typer.Option(help="policy: exactly this many variants")] = 5,
+    min_roles: Annotated[
+        int, typer.Option(help="policy: at least this many roles")
+    ] = SHIPPED_MIN_ROLES,
+    variants: Annotated[
+        int, typer.Option(help="policy: exactly this many variants per role")
+    ] = SHIPPED_VARIANTS,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="policy findings are errors (always for the shipped set)"),
+        typer.Option(
+            "--strict",
+            help="policy findings (counts, variants, near-duplicates) fail; "
+            "always so for the shipped set",
+        ),
     ] = False,
 ) -> None:
-    """Check a roles directory: schema errors always; counts, variants, near-duplicates by policy.
-
-    The policy findings are errors for the shipped set and with --strict, and warnings for any
-    other set (the published Assistant Axis set has near-duplicate texts and is used as is).
-    """
+    """Check a roles directory: schema errors fail; policy findings warn (fail with --strict)."""
     from persona_dynamics.roles import shipped_dir, shipped_questions, validate
 
     shipped = dir is None or dir.resolve() == shipped_dir().resolve()
