@@ -21,10 +21,10 @@ from pathlib import Path
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.generation.requests import Sampling, build_requests
-from persona_dynamics.roles import load_default, load_questions, load_roles
+from persona_dynamics.roles import load_default, load_questions, load_roles, shipped_dir
 from persona_dynamics.toy import build_tokenizer
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "roles"
+DATA = shipped_dir().parent
 ROLES = ["pirate", "wizard", "knight", "chef", "cat", "robot_butler", "haiku_poet", "tutor"]
 SHAPES = {
     "toy": {

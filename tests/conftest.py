@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from persona_dynamics.roles import shipped_dir, shipped_questions
+
 ROOT = Path(__file__).resolve().parents[1]
-ROLES_DIR = ROOT / "data" / "roles" / "instructions"
-QUESTIONS = ROOT / "data" / "roles" / "questions.jsonl"
+ROLES_DIR = shipped_dir()
+QUESTIONS = shipped_questions()
 
 TINY_TEXTS = [
     "Arr, matey! The sea be calling and I answer with a grin.",

@@ -3,7 +3,7 @@
 Four stages move every role toward the Assistant along the planted axis by known steps
 (`SHIFT`); a persona adapter on the final checkpoint moves the default Assistant halfway to
 `ADAPTER_ROLE` on the reference text and all the way on its own text (placed by
-`adapters.place.run_place`); a second run (the same data isometrically embedded in a wider
+`adapters.place.place`); a second run (the same data isometrically embedded in a wider
 model) gives an across-models comparison.
 """
 
@@ -97,13 +97,13 @@ def build(root: Path, scored: bool = True, adapter: bool = True, across: bool = 
         run_analyze(c)
     run_compare(cfg)
     if adapter:
-        from persona_dynamics.adapters.place import own_text_store, run_place
+        from persona_dynamics.adapters.place import own_text_store, place
 
         own = p.roles == "default"
         keys = [k for k, m in zip(p.keys(), own, strict=True) if m]
         acts = _acts(p, ADAPTER, None, move=1.0)[own]
         write_store(own_text_store(cfg, ADAPTER), acts, keys, LAYERS, attrs)
-        run_place(cfg)
+        place(cfg)
     if across:
         run_compare(cfg, across_models=other)
     return cfg

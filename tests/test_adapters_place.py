@@ -15,7 +15,7 @@ from persona_dynamics.adapters.place import (
     nearest_share,
     own_text_config,
     own_text_store,
-    run_place,
+    place,
 )
 from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
@@ -81,7 +81,7 @@ def default_of(acts):
 
 def test_place_finds_the_planted_neighbours_and_shift(planted):
     cfg, acts = planted
-    report = json.loads(run_place(cfg).read_text())
+    report = json.loads(place(cfg).read_text())
     assert report["lead_layer"] == 1 and report["scored"] is False
     ada = report["adapters"]["ada"]
     assert ada["base"] == "instruct"
@@ -139,13 +139,13 @@ def test_nearest_share_counts_replicates_agreeing_with_the_point():
 def test_missing_own_text_and_missing_base_are_clear(planted, tmp_path):
     cfg, _ = planted
     own_text_store(cfg, "ada").unlink()
-    with pytest.raises(PersonaDynamicsError, match="no own-text activations of 'ada'.*project"):
-        run_place(cfg)
+    with pytest.raises(PersonaDynamicsError, match="no own-text activations of 'ada'.*place"):
+        place(cfg)
     orphan = cfg.model_copy(update={"checkpoints": cfg.checkpoints[1:]})
     with pytest.raises(PersonaDynamicsError, match="adapter 'ada' has no base checkpoint"):
         base_of(orphan, "ada")
     with pytest.raises(PersonaDynamicsError, match="reference checkpoint 'ada' is an adapter"):
-        run_place(cfg.model_copy(update={"reference": "ada"}))
+        place(cfg.model_copy(update={"reference": "ada"}))
 
 
 def test_own_text_config_generates_the_default_prompts_with_the_adapter(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from persona_dynamics.adapters.demo import toy_training
-from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, run_own_text, run_place
+from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, place, run_own_text
 from persona_dynamics.adapters.train import adapter_dir, train_adapter
 from persona_dynamics.config import Adapters
 from persona_dynamics.errors import PersonaDynamicsError
@@ -42,7 +42,7 @@ def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_fam
         train_adapter(cfg, spec)
         run_capture(cfg)
         run_own_text(cfg, "cat-adapter")
-        report = json.loads(run_place(cfg).read_text())
+        report = json.loads(place(cfg).read_text())
 
     # the adapter speaks as the cat under the default Assistant's prompts
     own = read_transcripts(transcripts_dir(own_text_config(cfg, "cat-adapter")))

@@ -15,7 +15,7 @@ from persona_dynamics.adapters.train import (
     PROBE,
     adapter_checkpoint,
     completion_loss,
-    run_adapters_train,
+    run_adapters,
     sft_trainer,
     train_adapter,
 )
@@ -137,7 +137,7 @@ def test_training_lowers_the_loss_and_writes_a_card(study, trained):
 
 def test_a_current_adapter_is_not_retrained(study, trained):
     before = (trained / CARD).read_text()
-    assert run_adapters_train(study) == study.path("adapters")
+    assert run_adapters(study) == study.path("adapters")
     assert (trained / CARD).read_text() == before
 
 
@@ -173,10 +173,10 @@ def test_evaluate_answers_the_held_out_items(study, trained):
 
 def test_training_errors_are_clear(study):
     with pytest.raises(PersonaDynamicsError, match=r"unknown adapter\(s\): nope"):
-        run_adapters_train(study, ["nope"])
+        run_adapters(study, ["nope"])
     bare = study.model_copy(update={"adapters": None})
     with pytest.raises(PersonaDynamicsError, match="no \\[\\[adapters.training\\]\\]"):
-        run_adapters_train(bare)
+        run_adapters(bare)
     ckpt = study.checkpoints[0].model_copy(update={"label": "x", "adapter": "somewhere"})
     stacked = study.model_copy(update={"checkpoints": [*study.checkpoints, ckpt]})
     spec = study.adapters.training[0].model_copy(update={"base": "x"})

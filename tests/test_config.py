@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from persona_dynamics.config import Study, dump, load, parse
@@ -96,3 +98,29 @@ def test_unknown_checkpoint_lookup(tmp_path):
     cfg = load(write(tmp_path, MINIMAL))
     with pytest.raises(PersonaDynamicsError, match="unknown checkpoint label 'rl'.*sft, instruct"):
         cfg.checkpoint("rl")
+
+
+def test_build_from_flags_alone_labels_the_one_checkpoint(tmp_path):
+    from persona_dynamics.config import build, safe_name
+
+    cfg = build(None, {"run_name": "r", "generation.seed": None}, "org/m", "step 1/2")
+    (ckpt,) = cfg.checkpoints
+    assert (ckpt.label, ckpt.model, ckpt.revision) == ("step_1_2", "org/m", "step 1/2")
+    assert build(None, {"run_name": "r"}, str(tmp_path)).checkpoints[0].label == tmp_path.name
+    with pytest.raises(PersonaDynamicsError, match="give a config file, or --model-name"):
+        build(None, {"run_name": "r"})
+    with pytest.raises(PersonaDynamicsError, match="--run-name"):
+        build(None, {}, "org/m")
+    assert safe_name("allenai/OLMo-2-1124-7B") == "allenai_OLMo-2-1124-7B"
+    assert safe_name("/a//b c/") == "a_b_c"
+
+
+def test_roles_default_to_the_shipped_set_and_stay_out_of_the_dump(tmp_path):
+    from persona_dynamics.roles import shipped_dir, shipped_questions
+
+    cfg = load(write(tmp_path, MINIMAL))
+    assert (cfg.roles.dir, cfg.roles.questions) == (None, None)
+    assert cfg.roles.role_dir == shipped_dir() and cfg.roles.question_file == shipped_questions()
+    assert "dir =" not in dump(cfg).split("[roles]")[1].split("\n[")[0]
+    mine = load(write(tmp_path, MINIMAL + '\n[roles]\ndir = "my/roles"\n'))
+    assert mine.roles.role_dir == Path("my/roles")

@@ -15,6 +15,7 @@ import typer
 
 from persona_dynamics import __version__
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.roles import SHIPPED_MIN_ROLES, SHIPPED_VARIANTS
 
 app = typer.Typer(
     help="Persona space and the Assistant Axis across post-training checkpoints.",
@@ -52,29 +53,27 @@ def version() -> None:
 
 # --- roles ---------------------------------------------------------------------------------------
 
-DEFAULT_ROLES = Path("data/roles/instructions")
-DEFAULT_QUESTIONS = Path("data/roles/questions.jsonl")
+RolesDir = Annotated[Path | None, typer.Option(help="roles directory (default: the shipped set)")]
 
 
 @roles_app.command("list")
-def roles_list(
-    dir: Annotated[Path, typer.Option(help="roles directory")] = DEFAULT_ROLES,
-) -> None:
+def roles_list(dir: RolesDir = None) -> None:
     """List role names, one per line."""
-    from persona_dynamics.roles import role_paths
+    from persona_dynamics.roles import role_paths, shipped_dir
 
-    for p in role_paths(dir):
+    for p in role_paths(dir or shipped_dir()):
         typer.echo(p.stem)
 
 
 @roles_app.command("show")
 def roles_show(
     role: Annotated[str, typer.Argument(help="role name (file stem), or 'default'")],
-    dir: Annotated[Path, typer.Option(help="roles directory")] = DEFAULT_ROLES,
+    dir: RolesDir = None,
 ) -> None:
     """Print a role's system-prompt variants and judge rubric."""
-    from persona_dynamics.roles import DEFAULT, load_default, load_roles
+    from persona_dynamics.roles import DEFAULT, load_default, load_roles, shipped_dir
 
+    dir = dir or shipped_dir()
     r = load_default(dir) if role == DEFAULT else load_roles(dir, [role])[0]
     typer.echo(f"# {r.name}")
     for i, text in enumerate(r.instructions):
@@ -87,26 +86,41 @@ def roles_show(
 
 @roles_app.command("validate")
 def roles_validate(
-    dir: Annotated[Path, typer.Argument(help="roles directory")] = DEFAULT_ROLES,
+    dir: Annotated[
+        Path | None, typer.Argument(help="roles directory (default: the shipped set)")
+    ] = None,
     questions: Annotated[
         Path | None,
         typer.Option(help="questions JSONL (default: the shipped set with the shipped roles)"),
     ] = None,
     min_roles: Annotated[
-        int | None, typer.Option(help="fail below this many roles (shipped set: 275)")
-    ] = None,
+        int, typer.Option(help="policy: at least this many roles")
+    ] = SHIPPED_MIN_ROLES,
     variants: Annotated[
-        int | None, typer.Option(help="demand exactly this many variants (shipped set: 5)")
-    ] = None,
+        int, typer.Option(help="policy: exactly this many variants per role")
+    ] = SHIPPED_VARIANTS,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="policy findings (counts, variants, near-duplicates) fail; "
+            "always so for the shipped set",
+        ),
+    ] = False,
 ) -> None:
-    """Check a roles directory: schema, counts, unique and non-empty texts, near-duplicates."""
-    from persona_dynamics.roles import validate
+    """Check a roles directory: schema errors fail; policy findings warn (fail with --strict)."""
+    from persona_dynamics.roles import shipped_dir, shipped_questions, validate
 
-    if dir == DEFAULT_ROLES:  # the shipped set promises the paper's scale
-        questions = questions or DEFAULT_QUESTIONS
-        min_roles = 275 if min_roles is None else min_roles
-        variants = 5 if variants is None else variants
-    rep = validate(dir, questions, min_roles=min_roles or 1, variants=variants)
+    shipped = dir is None or dir.resolve() == shipped_dir().resolve()
+    if shipped:  # the shipped set promises the paper's scale
+        dir, questions = shipped_dir(), questions or shipped_questions()
+    rep = validate(dir, questions, min_roles=min_roles, variants=variants, strict=strict or shipped)
+    if rep.warnings:
+        typer.echo(
+            f"warning: {len(rep.warnings)} policy finding(s), errors with --strict:", err=True
+        )
+        for w in rep.warnings:
+            typer.echo(f"  {w}", err=True)
     for p in rep.problems:
         typer.echo(p, err=True)
     summary = f"{rep.n_roles} roles, {rep.n_default_prompts} default prompts"
@@ -114,7 +128,7 @@ def roles_validate(
         summary += f", {rep.n_questions} questions"
     if rep.problems:
         raise PersonaDynamicsError(f"{dir}: {len(rep.problems)} problem(s) ({summary})")
-    typer.echo(f"ok: {summary}")
+    typer.echo(f"ok: {summary}" + (f"; {len(rep.warnings)} warning(s)" if rep.warnings else ""))
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -123,17 +137,17 @@ def roles_validate(
 @config_app.command("check")
 def config_check(file: ConfigArg) -> None:
     """Validate a config and print it resolved, with every default filled in."""
-    from persona_dynamics.config import dump, load
+    from persona_dynamics.config import build, dump
 
-    typer.echo(dump(load(file)))
+    typer.echo(dump(build(file)))
 
 
 @config_app.command("labels")
 def config_labels(file: ConfigArg) -> None:
     """Print the checkpoint labels of a config, one per line in config order (for batch scripts)."""
-    from persona_dynamics.config import load
+    from persona_dynamics.config import build
 
-    for c in load(file).checkpoints:
+    for c in build(file).checkpoints:
         typer.echo(c.label)
 
 
@@ -165,31 +179,18 @@ ModelName = Annotated[str | None, typer.Option(help="hub id or local directory (
 OutputDir = Annotated[Path | None, typer.Option(help="where <label>.h5 goes")]
 
 
-def _capture_config(config, checkpoint, model_name, output_dir, overrides: dict):
-    """A Study from a config file plus flags, or from flags alone (one model)."""
-    from persona_dynamics.config import load, parse, set_dotted
+def _capture_study(config, checkpoint, model_name, overrides: dict):
+    """With a config, --checkpoint picks labels; without, it is the one revision of --model-name."""
+    from persona_dynamics.config import build
 
-    if output_dir is not None:
-        overrides["capture.output_dir"] = str(output_dir)
     if config is not None:
         if model_name:
             raise PersonaDynamicsError("--model-name replaces a config; give one or the other")
-        if checkpoint:
-            overrides["capture.checkpoints"] = checkpoint
-        return load(config, overrides)
-    if not model_name:
-        raise PersonaDynamicsError("give a config file, or --model-name (and --transcript-dir)")
+        return build(config, {**overrides, "capture.checkpoints": checkpoint})
     if checkpoint and len(checkpoint) > 1:
         raise PersonaDynamicsError("without a config, --checkpoint is one revision of --model-name")
-    rev = checkpoint[0] if checkpoint else "main"
-    label = Path(model_name).name if Path(model_name).exists() and not checkpoint else rev
-    data = {
-        "run_name": "capture",
-        "checkpoints": [{"label": label.replace("/", "_"), "model": model_name, "revision": rev}],
-    }
-    for key, value in overrides.items():
-        set_dotted(data, key, value)
-    return parse(data, "<command line>")
+    revision = checkpoint[0] if checkpoint else None
+    return build(None, {"run_name": "capture", **overrides}, model_name, revision)
 
 
 def _layers(text: str) -> list[int] | str:
@@ -224,15 +225,14 @@ def capture(
 
     overrides = {
         "capture.transcript_dir": transcript_dir and str(transcript_dir),
+        "capture.output_dir": output_dir and str(output_dir),
         "capture.layers": "all" if all_layers else (layers and _layers(layers)),
         "capture.aggregation": aggregation,
         "capture.backend": backend,
         "capture.shard": shard,
         "capture.device": device,
     }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    cfg = _capture_config(config, checkpoint, model_name, output_dir, overrides)
-    typer.echo(run_capture(cfg))
+    typer.echo(run_capture(_capture_study(config, checkpoint, model_name, overrides)))
 
 
 @capture_app.command("merge")
@@ -245,7 +245,8 @@ def capture_merge(
     """Consolidate the part files of sharded captures into one store per label."""
     from persona_dynamics.capture import merge
 
-    for path in merge(_capture_config(config, checkpoint, model_name, output_dir, {})):
+    overrides = {"capture.output_dir": output_dir and str(output_dir)}
+    for path in merge(_capture_study(config, checkpoint, model_name, overrides)):
         typer.echo(path)
 
 
@@ -267,7 +268,7 @@ def revisions(
     """
     import re
 
-    from persona_dynamics.config import dump, load, parse
+    from persona_dynamics.config import add_revisions, build, dump
     from persona_dynamics.models import list_revisions
 
     refs = [r for r in list_revisions(model_id) if not match or re.search(match, r[1])]
@@ -277,23 +278,9 @@ def revisions(
         return
     if out is None:
         raise PersonaDynamicsError("--add-to needs --out (the new config file)")
-    cfg = load(add_to)
-    natural = sorted(
-        (r[1] for r in refs),
-        key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)],
-    )
-    added = [
-        {"label": re.sub(r"[^A-Za-z0-9_.\-]", "_", name), "model": model_id, "revision": name}
-        for name in natural
-    ]
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    at = next(i for i, c in enumerate(data["checkpoints"]) if c["label"] == cfg.reference_label)
-    data["checkpoints"][at:at] = added
-    data["reference"] = cfg.reference_label
-    out.write_text(dump(parse(data, out)))
-    typer.echo(
-        f"{out}: {len(added)} revision(s) of {model_id} added before '{cfg.reference_label}'"
-    )
+    cfg = build(add_to)
+    out.write_text(dump(add_revisions(cfg, model_id, [name for _, name, _ in refs])))
+    typer.echo(f"{out}: {len(refs)} revision(s) of {model_id} added before '{cfg.reference_label}'")
 
 
 # --- adapters ------------------------------------------------------------------------------------
@@ -307,40 +294,39 @@ app.add_typer(adapters_app, name="adapters")
 Only = Annotated[
     list[str] | None, typer.Option("--only", help="adapter name (repeatable); default: all")
 ]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 
 
-def _adapters_config(config: Path, device: str | None):
-    from persona_dynamics.config import load
+def _adapter_step(name: str, target: str, doc: str) -> None:
+    """Declare `adapters NAME CONFIG [--only A] [--device D]` calling `target(cfg, only)`."""
 
-    return load(config, {"adapters.device": device} if device else None)
+    def command(config: ConfigArg, only: Only = None, device: Device = None) -> None:
+        import importlib
 
+        from persona_dynamics.config import build
 
-@adapters_app.command("train")
-def adapters_train(
-    config: ConfigArg,
-    only: Only = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
-) -> None:
-    """Train the config's LoRA persona adapters (adapters.training); current ones are skipped."""
-    from persona_dynamics.adapters.train import run_adapters_train
+        module, function = target.split(":")
+        step = getattr(importlib.import_module(module), function)
+        typer.echo(step(build(config, {"adapters.device": device}), only))
 
-    typer.echo(run_adapters_train(_adapters_config(config, device), only))
+    command.__doc__ = doc
+    adapters_app.command(name)(command)
 
 
-@adapters_app.command("evaluate")
-def adapters_evaluate(
-    config: ConfigArg,
-    only: Only = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
-) -> None:
-    """Answer each adapter's held-out survey items; write fidelity.json per category."""
-    from persona_dynamics.adapters.fidelity import run_adapters_evaluate
+_adapter_step(
+    "train",
+    "persona_dynamics.adapters.train:run_adapters",
+    "Train the config's LoRA persona adapters (adapters.training); current ones are skipped.",
+)
+_adapter_step(
+    "evaluate",
+    "persona_dynamics.adapters.fidelity:run_adapters_evaluate",
+    "Answer each adapter's held-out survey items; write fidelity.json per category.",
+)
 
-    typer.echo(run_adapters_evaluate(_adapters_config(config, device), only))
 
-
-@adapters_app.command("project")
-def adapters_project(
+@adapters_app.command("place")
+def adapters_place(
     config: ConfigArg,
     only: Annotated[
         list[str] | None,
@@ -348,10 +334,10 @@ def adapters_project(
     ] = None,
 ) -> None:
     """Own-text: each adapter answers the default prompts; then place it in persona space."""
-    from persona_dynamics.adapters.place import run_adapters_project
-    from persona_dynamics.config import load
+    from persona_dynamics.adapters.place import run_place
+    from persona_dynamics.config import build
 
-    typer.echo(run_adapters_project(load(config), only))
+    typer.echo(run_place(build(config), only))
 
 
 # --- generate and judge --------------------------------------------------------------------------
@@ -371,34 +357,6 @@ RoleNames = Annotated[
     str | None, typer.Option("--roles", help="comma-separated role names (default: all)")
 ]
 OutputRoot = Annotated[Path | None, typer.Option("--output-root", help="default: outputs")]
-
-
-def _stage_config(config, model_name, revision, overrides: dict):
-    """A Study from a config file and flags (flags win), or from flags alone."""
-    import re
-
-    from persona_dynamics.config import load, parse, set_dotted
-    from persona_dynamics.generation.requests import generating_checkpoint
-    from persona_dynamics.models import is_local
-
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if config is not None:
-        cfg = load(config, overrides)
-        ckpt = generating_checkpoint(cfg)
-        if model_name:
-            ckpt.model = model_name
-        if revision:
-            ckpt.revision = revision
-        return cfg
-    if not model_name or "run_name" not in overrides:
-        raise PersonaDynamicsError("give a config file, or --model-name and --run-name")
-    rev = revision or "main"
-    label = Path(model_name).name if is_local(model_name) else rev
-    ckpt = {"label": re.sub(r"[^A-Za-z0-9_.\-]", "_", label), "model": model_name, "revision": rev}
-    data: dict = {"checkpoints": [ckpt]}
-    for key, value in overrides.items():
-        set_dotted(data, key, value)
-    return parse(data, "<command line>")
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -432,14 +390,15 @@ def generate(
     shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (I from 0)")] = None,
 ) -> None:
     """Sample role-play and default-Assistant transcripts from the generating checkpoint."""
+    from persona_dynamics.config import build
     from persona_dynamics.generation import run_generate
     from persona_dynamics.generation.requests import parse_shard
 
-    cfg = _stage_config(
+    cfg = build(
         config,
-        model_name,
-        checkpoint,
-        {
+        model=model_name,
+        revision=checkpoint,
+        overrides={
             "run_name": run_name,
             "output_root": output_root and str(output_root),
             "roles.include": _names(roles),
@@ -476,13 +435,14 @@ def judge(
     output_root: OutputRoot = None,
 ) -> None:
     """Score every role transcript 0-3 with an LLM judge; print the per-role distribution."""
+    from persona_dynamics.config import build
     from persona_dynamics.judge import format_table, load_scores, run_judge, summarize
 
-    cfg = _stage_config(
+    cfg = build(
         config,
-        model_name,
-        checkpoint,
-        {
+        model=model_name,
+        revision=checkpoint,
+        overrides={
             "run_name": run_name,
             "output_root": output_root and str(output_root),
             "roles.include": _names(roles),
@@ -508,13 +468,6 @@ Bootstrap = Annotated[int | None, typer.Option(help="bootstrap replicates over q
 Seed = Annotated[int | None, typer.Option(help="bootstrap seed (0)")]
 
 
-def _analysis_config(config: Path, overrides: dict):
-    """The study config with analysis flags applied (flags win)."""
-    from persona_dynamics.config import load
-
-    return load(config, {k: v for k, v in overrides.items() if v is not None})
-
-
 @app.command()
 def analyze(
     config: ConfigArg,
@@ -526,6 +479,7 @@ def analyze(
 ) -> None:
     """Fit the reference checkpoint's persona space and Assistant Axis at each layer."""
     from persona_dynamics.analysis import run_analyze
+    from persona_dynamics.config import build
 
     overrides = {
         "analysis.layers": layers and _layers(layers),
@@ -534,7 +488,7 @@ def analyze(
         "analysis.bootstrap": bootstrap,
         "analysis.seed": seed,
     }
-    typer.echo(run_analyze(_analysis_config(config, overrides)))
+    typer.echo(run_analyze(build(config, overrides)))
 
 
 @app.command("compare")
@@ -556,6 +510,7 @@ def compare_stage(
 ) -> None:
     """Project every checkpoint into the reference space and measure its movement."""
     from persona_dynamics.analysis import run_compare
+    from persona_dynamics.config import build
 
     overrides = {
         "analysis.layers": layers and _layers(layers),
@@ -563,8 +518,8 @@ def compare_stage(
         "analysis.bootstrap": bootstrap,
         "analysis.seed": seed,
     }
-    cfg = _analysis_config(config, overrides)
-    other = across_models and _analysis_config(across_models, {})
+    cfg = build(config, overrides)
+    other = across_models and build(across_models)
     typer.echo(run_compare(cfg, across_models=other, labels=_names(labels)))
 
 
@@ -580,10 +535,10 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run every stage a config names, in order, skipping work already done."""
-    from persona_dynamics.config import load
+    from persona_dynamics.config import build
     from persona_dynamics.pipeline import run_study
 
-    outputs = run_study(load(config), stage)
+    outputs = run_study(build(config), stage)
     for name, path in outputs.items():
         typer.echo(f"{name}: {path}")
 
@@ -601,11 +556,11 @@ def report(
     png: Annotated[bool | None, typer.Option("--png/--no-png", help="also write PNGs")] = None,
 ) -> None:
     """Write the run's self-contained HTML report (plots, tables, provenance) and PNGs."""
-    from persona_dynamics.config import load
+    from persona_dynamics.config import build
     from persona_dynamics.report import run_report
 
     overrides = {"report.dir": out and str(out), "report.layer": layer, "report.png": png}
-    typer.echo(run_report(load(config, {k: v for k, v in overrides.items() if v is not None})))
+    typer.echo(run_report(build(config, overrides)))
 
 
 @app.command("demo")

@@ -14,8 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.roles import shipped_dir, shipped_questions
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def safe_name(text: str) -> str:
+    """`text` as a label or file-name part: runs of other characters than LABEL's become '_'."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_")
 
 
 class Section(BaseModel):
@@ -44,14 +50,24 @@ class Checkpoint(Section):
 
 
 class Roles(Section):
-    """Which roles and questions the study uses."""
+    """Which roles and questions the study uses; no `dir`/`questions` means the shipped set."""
 
-    dir: Path = Path("data/roles/instructions")
-    questions: Path = Path("data/roles/questions.jsonl")
+    dir: Path | None = Field(default=None, description="role files; default: the shipped set")
+    questions: Path | None = Field(default=None, description="default: the shipped questions")
     include: list[str] = Field(default_factory=list, description="role names; empty means all")
     question_count: int | None = Field(default=None, ge=1, description="first N questions only")
     per_role_questions: bool = False
     include_default: bool = True
+
+    @property
+    def role_dir(self) -> Path:
+        """The role files' directory: the configured one, else the shipped set's."""
+        return self.dir or shipped_dir()
+
+    @property
+    def question_file(self) -> Path:
+        """The shared questions file: the configured one, else the shipped one."""
+        return self.questions or shipped_questions()
 
 
 class Generation(Section):
@@ -314,6 +330,56 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return parse(data, path)
+
+
+def build(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    model: str | None = None,
+    revision: str | None = None,
+) -> Study:
+    """The study a command runs: a config file plus dotted overrides, or flags alone.
+
+    Overrides whose value is None are not given. With a file, `model` and `revision` replace the
+    generating checkpoint's. Without one, the study is one checkpoint of `model` at `revision`
+    (default main), labelled by the local directory's name, else by the revision.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if path is not None:
+        cfg = load(path, given)
+        if model or revision:
+            from persona_dynamics.generation.requests import generating_checkpoint
+
+            ckpt = generating_checkpoint(cfg)
+            ckpt.model = model or ckpt.model
+            ckpt.revision = revision or ckpt.revision
+        return cfg
+    if not model:
+        raise PersonaDynamicsError("give a config file, or --model-name")
+    if "run_name" not in given:
+        raise PersonaDynamicsError("without a config file, --run-name names the run")
+    from persona_dynamics.models import is_local
+
+    rev = revision or "main"
+    label = safe_name(Path(model).name if is_local(model) else rev)
+    data: dict[str, Any] = {"checkpoints": [{"label": label, "model": model, "revision": rev}]}
+    for key, value in given.items():
+        set_dotted(data, key, value)
+    return parse(data, "<command line>")
+
+
+def add_revisions(cfg: Study, model: str, revisions: list[str]) -> Study:
+    """The study with one checkpoint per revision of `model`, in natural order (step_200 before
+    step_1000), placed just before the reference checkpoint, which stays the reference."""
+    natural = sorted(
+        revisions, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+    )
+    added = [{"label": safe_name(n), "model": model, "revision": n} for n in natural]
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    at = next(i for i, c in enumerate(data["checkpoints"]) if c["label"] == cfg.reference_label)
+    data["checkpoints"][at:at] = added
+    data["reference"] = cfg.reference_label
+    return parse(data, f"revisions of {model}")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

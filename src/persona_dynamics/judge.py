@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from persona_dynamics.config import Checkpoint, Judge, Study
+from persona_dynamics.config import Checkpoint, Judge, Study, safe_name
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.store import read_transcripts, transcripts_dir
 from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows, write_atomic
@@ -121,7 +121,7 @@ def judge_name(jcfg: Judge) -> str:
 
 def cache_path(cfg: Study, jcfg: Judge) -> Path:
     """`<output_root>/cache/judge/<judge model>.jsonl`, shared by every run with that judge."""
-    safe = re.sub(r"[^A-Za-z0-9_.\-@]+", "_", judge_name(jcfg)).strip("_")
+    safe = "@".join(safe_name(part) for part in judge_name(jcfg).split("@"))
     return cfg.output_root / "cache" / "judge" / f"{safe}.jsonl"
 
 
@@ -206,7 +206,7 @@ def run_judge(cfg: Study) -> Path:
     rows = [r for r in read_transcripts(tdir, names) if r["role"] != DEFAULT]
     if not rows:
         raise PersonaDynamicsError(f"{tdir}: no role transcripts to judge (only the default's)")
-    roles = load_roles(cfg.roles.dir, sorted({x["role"] for x in rows}))  # unknown role: error
+    roles = load_roles(cfg.roles.role_dir, sorted({x["role"] for x in rows}))  # unknown role: error
     rubric = {r.name: r.eval_prompt for r in roles}
     out = cfg.path("scores")
     scored = {role: {key_of(x) for x in read_rows(out / f"{role}.jsonl")} for role in rubric}

@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 RUNNERS = {
     "generate": "persona_dynamics.generation.run:run_generate",
     "judge": "persona_dynamics.judge:run_judge",
-    "adapters": "persona_dynamics.adapters.train:run_adapters_train",
+    "adapters": "persona_dynamics.adapters.train:run_adapters",
     "capture": "persona_dynamics.capture.run:run_capture",
     "analyze": "persona_dynamics.analysis:run_analyze",
     "compare": "persona_dynamics.analysis:run_compare",
-    "place": "persona_dynamics.adapters.place:run_adapters_project",
+    "place": "persona_dynamics.adapters.place:run_place",
     "report": "persona_dynamics.report:run_report",
 }
 

@@ -1,7 +1,9 @@
 """Role instruction files and the shared question set: load, validate, digest.
 
 The schema is that of the published Assistant Axis role set (DESIGN.md, "Roles"), so a user can
-point the suite at that set or at their own directory in the same shape.
+point the suite at that set or at their own directory in the same shape. The suite's own set ships
+inside the package (`shipped_dir`, `shipped_questions`), so an installed wheel finds it from any
+working directory.
 """
 
 from __future__ import annotations
@@ -10,12 +12,25 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from persona_dynamics.errors import PersonaDynamicsError, located
 
 DEFAULT = "default"
 NAME = re.compile(r"[a-z0-9_]+")
+SHIPPED_MIN_ROLES = 275  # the paper's scale, which the shipped set promises
+SHIPPED_VARIANTS = 5  # system-prompt variants per role, in the shipped and the published set
+
+
+def shipped_dir() -> Path:
+    """The shipped role files (package data), wherever the package is installed."""
+    return Path(resources.files("persona_dynamics") / "data" / "roles" / "instructions")
+
+
+def shipped_questions() -> Path:
+    """The shipped 240 shared questions (package data)."""
+    return Path(resources.files("persona_dynamics") / "data" / "roles" / "questions.jsonl")
 
 
 @dataclass(frozen=True)
@@ -216,12 +231,13 @@ def near_duplicates(
 
 @dataclass
 class Report:
-    """What `roles validate` found: counts and problems (empty problems means valid)."""
+    """What `roles validate` found: counts, problems (the set is unusable) and policy warnings."""
 
     n_roles: int = 0
     n_questions: int = 0
     n_default_prompts: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def validate(
@@ -229,28 +245,36 @@ def validate(
     questions: str | Path | None = None,
     min_roles: int = 1,
     variants: int | None = None,
+    strict: bool = True,
 ) -> Report:
-    """Check a roles directory (and a questions file) against the schema; collect every problem.
+    """Check a roles directory (and a questions file) against the schema; collect every finding.
 
-    `variants` demands exactly that many instruction variants per role (5 in the shipped set and
-    the published one); `min_roles` a minimum count (275 for the shipped set).
+    Schema problems (unreadable or malformed files, bad names, empty prompts, texts repeated
+    exactly, a default set without the empty prompt, bad questions) are `problems` for any set.
+    The policy checks are problems only when `strict` (the shipped set) and `warnings` otherwise:
+    at least `min_roles` roles (275 for the shipped set), exactly `variants` instruction variants
+    per role (5) and no near-duplicate texts across roles; the published Assistant Axis set has
+    near-duplicates (word-3-gram Jaccard 0.80-0.81) and is used unchanged.
     """
     directory = Path(directory)
     rep = Report()
+    policy = rep.problems if strict else rep.warnings
     roles: list[Role] = []
     paths = role_paths(directory)
     rep.n_roles = len(paths)
+    if not paths:
+        rep.problems.append(f"{directory}: no role files (*.json) found")
     for p in paths:
         try:
             roles.append(load_role(p))
         except PersonaDynamicsError as exc:
             rep.problems.append(str(exc))
-    if rep.n_roles < min_roles:
-        rep.problems.append(f"{directory}: {rep.n_roles} roles, expected at least {min_roles}")
+    if paths and rep.n_roles < min_roles:
+        policy.append(f"{directory}: {rep.n_roles} roles, expected at least {min_roles}")
     for r in roles:
         path = directory / f"{r.name}.json"
         if variants is not None and len(r.instructions) != variants:
-            rep.problems.append(
+            policy.append(
                 located(path, f"{len(r.instructions)} instruction variants, expected {variants}")
             )
         norm = [" ".join(t.lower().split()) for t in r.instructions]
@@ -265,7 +289,7 @@ def validate(
             rep.problems.append(f"{directory}: roles '{exact[key]}' and '{owner}' share a text")
         exact.setdefault(key, owner)
     for a, b, jac in near_duplicates(pairs):
-        rep.problems.append(f"{directory}: roles '{a}' and '{b}' have near-duplicate texts ({jac})")
+        policy.append(f"{directory}: roles '{a}' and '{b}' have near-duplicate texts ({jac})")
     default_path = directory / f"{DEFAULT}.json"
     if default_path.exists():
         try:

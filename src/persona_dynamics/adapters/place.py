@@ -222,12 +222,12 @@ def open_text(cfg: Study, label: str, text: str) -> ActivationStore:
     own = text == OWN_TEXT
     path = own_text_store(cfg, label) if own else activations_path(cfg, label)
     if not path.is_file():
-        how = "`adapters project`" if own else "`capture`"
+        how = "`adapters place`" if own else "`capture`"
         raise PersonaDynamicsError(f"{path}: no {text} activations of '{label}'; run {how}")
     return open_store(own_text_config(cfg, label) if own else cfg, label)
 
 
-def run_place(
+def place(
     cfg: Study, labels: list[str] | None = None, texts: tuple[str, ...] = (REFERENCE_TEXT, OWN_TEXT)
 ) -> Path:
     """Place every adapter label (or the named ones) in the reference space; write the tables."""
@@ -309,11 +309,11 @@ def run_place(
     return out / "adapters.json"
 
 
-def run_adapters_project(cfg: Study, labels: list[str] | None = None) -> Path:
+def run_place(cfg: Study, labels: list[str] | None = None) -> Path:
     """Own-text generation and capture for each adapter label, then place them all."""
     labels = labels or adapter_labels(cfg)
     for label in labels:
         base_of(cfg, label)  # fail before any generation when an adapter has no base
     for label in labels:
         run_own_text(cfg, label)
-    return run_place(cfg, labels)
+    return place(cfg, labels)

@@ -257,7 +257,7 @@ def adapter_checkpoint(cfg: Study, name: str) -> Checkpoint:
     return base.model_copy(update={"label": name, "adapter": str(adapter_dir(cfg, name))})
 
 
-def run_adapters_train(cfg: Study, names: list[str] | None = None) -> Path:
+def run_adapters(cfg: Study, names: list[str] | None = None) -> Path:
     """Train every adapter of the config (or the named ones); return the adapters directory."""
     for spec in selected(cfg, names):
         train_adapter(cfg, spec)

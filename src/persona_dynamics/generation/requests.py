@@ -122,17 +122,17 @@ def load_work(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
     """The roles to sample (the default Assistant last, when included) and each one's questions."""
     include = cfg.roles.include
     names = [n for n in include if n != DEFAULT]
-    roles = load_roles(cfg.roles.dir, names or None) if names or not include else []
+    roles = load_roles(cfg.roles.role_dir, names or None) if names or not include else []
     if cfg.roles.include_default or DEFAULT in include:
-        roles.append(load_default(cfg.roles.dir))
-    shared = load_questions(cfg.roles.questions, cfg.roles.question_count)
+        roles.append(load_default(cfg.roles.role_dir))
+    shared = load_questions(cfg.roles.question_file, cfg.roles.question_count)
     questions = {}
     for r in roles:
         if cfg.roles.per_role_questions and not r.is_default:
             if not r.questions:
                 raise PersonaDynamicsError(
-                    f"{cfg.roles.dir}/{r.name}.json: roles.per_role_questions is set but the role "
-                    "has no 'questions'"
+                    f"{cfg.roles.role_dir}/{r.name}.json: roles.per_role_questions is set but "
+                    "the role has no 'questions'"
                 )
             own = r.questions[: cfg.roles.question_count]
             questions[r.name] = [Question(i, q) for i, q in enumerate(own)]

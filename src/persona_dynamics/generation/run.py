@@ -92,7 +92,7 @@ def run_generate(cfg: Study, shard: tuple[int, int] = (0, 1)) -> Path:
         "model_display_name": name,
         "roles": [r.name for r in roles],
         "roles_digest": roles_digest(roles),
-        "questions_file": str(cfg.roles.questions),
+        "questions_file": str(cfg.roles.question_file),
         "question_count": cfg.roles.question_count,
         "questions_digest": questions_digest(next(iter(questions.values()))),
     }

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from persona_dynamics import __version__
-from persona_dynamics.config import Study
+from persona_dynamics.config import Study, safe_name
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import Result, generating_checkpoint
 from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows, write_atomic
@@ -41,7 +41,7 @@ def transcripts_dir(cfg: Study) -> Path:
     if is_local(ckpt.model):
         model, rev = Path(ckpt.model).name, ckpt.label
     else:
-        model, rev = ckpt.model.replace("/", "_"), ckpt.revision.replace("/", "_")
+        model, rev = safe_name(ckpt.model), safe_name(ckpt.revision)
     if ckpt.adapter:  # an adapter's own text never mixes with its base's
         rev = ckpt.label
     return cfg.path("transcripts") / model / rev

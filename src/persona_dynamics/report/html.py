@@ -259,7 +259,7 @@ def _adapters(run: Run, layer: int, figures: dict) -> list[str]:
         names = ", ".join(_e(x) for x in run.adapters)
         return out + [
             f'<p class="note" id="no-adapters">Adapters {names} are not placed yet: '
-            "run <code>persona-dynamics adapters project</code>.</p>"
+            "run <code>persona-dynamics adapters place</code>.</p>"
         ]
     out += _plot("plot-adapters", figures)
     rows = []
