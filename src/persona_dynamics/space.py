@@ -226,7 +226,9 @@ class PersonaSpace:
             raise PersonaDynamicsError("no fully-role-playing vector to build the Assistant Axis")
         self.mean_ = x.mean(axis=0)
         xc = x - self.mean_
-        eigval, eigvec = np.linalg.eigh(xc @ xc.T)  # Gram matrix: V x V, cheap for V << d
+        # the V x V Gram matrix's eigh, not scikit-learn's SVD: equal to 1e-14, 3-7x faster at
+        # V=551, d=2048-4096 (the bootstrap fits ~200 spaces per layer); tests check it on sklearn
+        eigval, eigvec = np.linalg.eigh(xc @ xc.T)
         order = np.argsort(eigval)[::-1]
         eigval = eigval[order].clip(min=0.0)
         total = float(np.einsum("ij,ij->", xc, xc))

@@ -9,7 +9,6 @@ held-out text every checkpoint is measured on (`Corpus`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +18,6 @@ from persona_dynamics.judge import judge_prompt
 from persona_dynamics.toy.spec import ToySpec
 from persona_dynamics.toy.styles import FULL, HELPS, PARTLY, REFUSED, respond
 
-DATA = Path(__file__).resolve().parents[3] / "data" / "roles"
 MODEL_NAME = "ToyOLMo"  # fills {model_name} in the default prompts, in training and in study_config
 
 DEMO_ROLES = [
@@ -53,12 +51,12 @@ class Source:
     questions: list[roles.Question]
 
     @classmethod
-    def load(cls, root: Path = DATA) -> Source:
-        """The demo roles, the default prompts and the questions under a roles data directory."""
+    def load(cls) -> Source:
+        """The demo roles, the default prompts and the questions of the shipped role set."""
         return cls(
-            roles.load_roles(root / "instructions", DEMO_ROLES),
-            roles.load_default(root / "instructions"),
-            roles.load_questions(root / "questions.jsonl"),
+            roles.load_roles(roles.shipped_dir(), DEMO_ROLES),
+            roles.load_default(roles.shipped_dir()),
+            roles.load_questions(roles.shipped_questions()),
         )
 
     def digest(self) -> str:

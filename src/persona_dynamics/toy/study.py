@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from persona_dynamics.toy.data import DATA, DEMO_ROLES, MODEL_NAME
+from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME
 from persona_dynamics.toy.family import ToyFamily
 
 
@@ -24,8 +24,6 @@ def study_config(family: ToyFamily, run_name: str, output_root: str | Path, **ov
         "reference": "instruct",
         "checkpoints": [{"label": s, "model": str(p)} for s, p in family.checkpoints.items()],
         "roles": {
-            "dir": str(DATA / "instructions"),
-            "questions": str(DATA / "questions.jsonl"),
             "include": list(DEMO_ROLES),
             "question_count": 20,
         },
