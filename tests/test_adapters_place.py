@@ -149,7 +149,7 @@ def test_missing_own_text_and_missing_base_are_clear(planted, tmp_path):
 
 
 def test_own_text_config_generates_the_default_prompts_with_the_adapter(tmp_path):
-    from persona_dynamics.generation.store import transcripts_dir
+    from persona_dynamics.transcripts import transcripts_dir
 
     cfg = config(tmp_path)
     own = own_text_config(cfg, "ada")

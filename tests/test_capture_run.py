@@ -272,9 +272,9 @@ def test_cli_flags_without_a_config(tmp_path, rows, tiny_model_dir, monkeypatch,
     with ActivationStore.open(tmp_path / "o" / f"{tiny_model_dir.name}.h5") as st:
         assert st.layers == [0, 2] and st.attrs["aggregation"] == "last" and len(st) == len(rows)
     code, _, err = cli(monkeypatch, capsys, *args[:-4], "--layers", "3;7")
-    assert (
-        code == 2
-        and err == "error: --layers '3;7': expected comma-separated indices, e.g. 3,7,11\n"
+    assert code == 2 and err == (
+        "error: --layers '3;7': expected 'middle', 'all', or indices and end-exclusive ranges, "
+        "e.g. 3,7,11 or 46:54\n"
     )
     code, _, err = cli(monkeypatch, capsys, *args[:-4], "--layers", "9")
     assert code == 2 and "capture.layers: [9] out of range for a 4-layer model" in err

@@ -192,15 +192,10 @@ def _capture_config(config, checkpoint, model_name, output_dir, overrides: dict)
     return parse(data, "<command line>")
 
 
-def _layers(text: str) -> list[int] | str:
-    if text in ("middle", "all"):
-        return text
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise PersonaDynamicsError(
-            f"--layers '{text}': expected comma-separated indices, e.g. 3,7,11"
-        ) from None
+def _layers(text: str) -> str:
+    from persona_dynamics.layers import check
+
+    return check(text, "--layers")
 
 
 @capture_app.command("run", hidden=True)
@@ -348,10 +343,13 @@ def adapters_project(
     ] = None,
 ) -> None:
     """Own-text: each adapter answers the default prompts; then place it in persona space."""
-    from persona_dynamics.adapters.place import run_adapters_project
+    from persona_dynamics.adapters.place import run_place
     from persona_dynamics.config import load
+    from persona_dynamics.pipeline import run_own_text
 
-    typer.echo(run_adapters_project(load(config), only))
+    cfg = load(config)
+    run_own_text(cfg, only)
+    typer.echo(run_place(cfg, only))
 
 
 # --- generate and judge --------------------------------------------------------------------------
@@ -378,8 +376,8 @@ def _stage_config(config, model_name, revision, overrides: dict):
     import re
 
     from persona_dynamics.config import load, parse, set_dotted
-    from persona_dynamics.generation.requests import generating_checkpoint
     from persona_dynamics.models import is_local
+    from persona_dynamics.transcripts import generating_checkpoint
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config is not None:
@@ -433,7 +431,6 @@ def generate(
 ) -> None:
     """Sample role-play and default-Assistant transcripts from the generating checkpoint."""
     from persona_dynamics.generation import run_generate
-    from persona_dynamics.generation.requests import parse_shard
 
     cfg = _stage_config(
         config,
@@ -455,9 +452,10 @@ def generate(
             "generation.batch_tokens": batch_tokens,
             "generation.device": device,
             "generation.resume": resume,
+            "generation.shard": shard,
         },
     )
-    typer.echo(run_generate(cfg, parse_shard(shard) if shard else (0, 1)))
+    typer.echo(run_generate(cfg))
 
 
 @app.command()
