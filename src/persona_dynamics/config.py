@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,8 +42,8 @@ class Shard(NamedTuple):
 WHOLE = Shard(0, 1)
 
 
-def parse_shard(value: str | Shard) -> Shard:
-    """'I/N' -> Shard(I, N) with 0 <= I < N; a bad value says what was expected."""
+def _shard(value: str | Shard) -> Shard:
+    """'I/N' -> Shard(I, N) with 0 <= I < N; a ValueError (pydantic names the key) otherwise."""
     if isinstance(value, tuple):
         value = "/".join(map(str, value))
     try:
@@ -56,22 +57,20 @@ def parse_shard(value: str | Shard) -> Shard:
 
 ShardField = Annotated[
     Shard | None,
-    BeforeValidator(lambda v: v if v is None else parse_shard(v)),
+    BeforeValidator(lambda v: v if v is None else _shard(v)),
     PlainSerializer(lambda v: None if v is None else str(v), return_type=str | None),
 ]
 
 
-def _layer_spec(value: Any) -> Any:
-    """A layer spec, checked without a model (pydantic's error then names the key)."""
-    if isinstance(value, list | str):
-        try:
-            check_layers(value)
-        except PersonaDynamicsError as exc:
-            raise ValueError(str(exc)) from None
-    return value
+def _layer_spec(value: list[int] | str) -> list[int] | str:
+    """A layer spec, checked without a model (a ValueError: pydantic names the key)."""
+    try:
+        return check_layers(value)
+    except PersonaDynamicsError as exc:
+        raise ValueError(str(exc)) from None
 
 
-LayerSpec = Annotated[list[int] | str, BeforeValidator(_layer_spec)]
+LayerSpec = Annotated[list[int] | str, AfterValidator(_layer_spec)]
 
 
 class Section(BaseModel):
