@@ -97,13 +97,13 @@ def build(root: Path, scored: bool = True, adapter: bool = True, across: bool = 
         run_analyze(c)
     run_compare(cfg)
     if adapter:
-        from persona_dynamics.adapters.place import own_text_store, place
+        from persona_dynamics.adapters.place import own_text_store, run_place
 
         own = p.roles == "default"
         keys = [k for k, m in zip(p.keys(), own, strict=True) if m]
         acts = _acts(p, ADAPTER, None, move=1.0)[own]
         write_store(own_text_store(cfg, ADAPTER), acts, keys, LAYERS, attrs)
-        place(cfg)
+        run_place(cfg)
     if across:
         run_compare(cfg, across_models=other)
     return cfg

@@ -15,7 +15,7 @@ from persona_dynamics.adapters.place import (
     nearest_share,
     own_text_config,
     own_text_store,
-    place,
+    run_place,
 )
 from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
@@ -81,7 +81,7 @@ def default_of(acts):
 
 def test_place_finds_the_planted_neighbours_and_shift(planted):
     cfg, acts = planted
-    report = json.loads(place(cfg).read_text())
+    report = json.loads(run_place(cfg).read_text())
     assert report["lead_layer"] == 1 and report["scored"] is False
     ada = report["adapters"]["ada"]
     assert ada["base"] == "instruct"
@@ -140,16 +140,16 @@ def test_missing_own_text_and_missing_base_are_clear(planted, tmp_path):
     cfg, _ = planted
     own_text_store(cfg, "ada").unlink()
     with pytest.raises(PersonaDynamicsError, match="no own-text activations of 'ada'.*place"):
-        place(cfg)
+        run_place(cfg)
     orphan = cfg.model_copy(update={"checkpoints": cfg.checkpoints[1:]})
     with pytest.raises(PersonaDynamicsError, match="adapter 'ada' has no base checkpoint"):
         base_of(orphan, "ada")
     with pytest.raises(PersonaDynamicsError, match="reference checkpoint 'ada' is an adapter"):
-        place(cfg.model_copy(update={"reference": "ada"}))
+        run_place(cfg.model_copy(update={"reference": "ada"}))
 
 
 def test_own_text_config_generates_the_default_prompts_with_the_adapter(tmp_path):
-    from persona_dynamics.generation.store import transcripts_dir
+    from persona_dynamics.transcripts import transcripts_dir
 
     cfg = config(tmp_path)
     own = own_text_config(cfg, "ada")

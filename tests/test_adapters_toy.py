@@ -7,10 +7,11 @@ import json
 import pytest
 
 from persona_dynamics.adapters.demo import toy_training
-from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, place, run_own_text
+from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, run_place
 from persona_dynamics.adapters.train import adapter_dir, train_adapter
 from persona_dynamics.config import Adapters
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.pipeline import run_own_text
 from persona_dynamics.toy import STYLES, marker_count, single_thread, study_config
 
 
@@ -18,7 +19,8 @@ from persona_dynamics.toy import STYLES, marker_count, single_thread, study_conf
 def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_family, tmp_path):
     from persona_dynamics.adapters.place import own_text_config
     from persona_dynamics.capture import run_capture
-    from persona_dynamics.generation import read_transcripts, run_generate, transcripts_dir
+    from persona_dynamics.generation import run_generate
+    from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
     (spec,) = toy_training(tmp_path / "personas", ("cat",))
     spec = spec.model_copy(update={"max_steps": 40})
@@ -41,8 +43,8 @@ def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_fam
         run_generate(cfg)
         train_adapter(cfg, spec)
         run_capture(cfg)
-        run_own_text(cfg, "cat-adapter")
-        report = json.loads(place(cfg).read_text())
+        run_own_text(cfg, ["cat-adapter"])
+        report = json.loads(run_place(cfg).read_text())
 
     # the adapter speaks as the cat under the default Assistant's prompts
     own = read_transcripts(transcripts_dir(own_text_config(cfg, "cat-adapter")))
@@ -63,4 +65,4 @@ def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_fam
     # a retrained adapter is refused over the old adapter's own text
     train_adapter(cfg, spec.model_copy(update={"seed": 1, "max_steps": 2}))
     with pytest.raises(PersonaDynamicsError, match="other adapter weights"):
-        run_own_text(cfg, "cat-adapter")
+        run_own_text(cfg, ["cat-adapter"])

@@ -12,9 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from persona_dynamics.analysis import layer_sums, run_analyze, run_compare
+from persona_dynamics.analysis import run_analyze, run_compare
 from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.readers import layer_sums
 from persona_dynamics.space import make_groups
 from persona_dynamics.store import ActivationStore, write_store
 from planted import planted

@@ -272,9 +272,9 @@ def test_cli_flags_without_a_config(tmp_path, rows, tiny_model_dir, monkeypatch,
     with ActivationStore.open(tmp_path / "o" / f"{tiny_model_dir.name}.h5") as st:
         assert st.layers == [0, 2] and st.attrs["aggregation"] == "last" and len(st) == len(rows)
     code, _, err = cli(monkeypatch, capsys, *args[:-4], "--layers", "3;7")
-    assert (
-        code == 2
-        and err == "error: --layers '3;7': expected comma-separated indices, e.g. 3,7,11\n"
+    assert code == 2 and err == (
+        "error: --layers '3;7': expected 'middle', 'all', or indices and end-exclusive ranges, "
+        "e.g. 3,7,11 or 46:54\n"
     )
     code, _, err = cli(monkeypatch, capsys, *args[:-4], "--layers", "9")
     assert code == 2 and "capture.layers: [9] out of range for a 4-layer model" in err
@@ -298,3 +298,77 @@ def test_revisions_lists_branches_and_tags(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "revisions", "allenai/OLMo-2-1124-7B-Instruct")
     assert code == 0
     assert out.splitlines() == ["branch\tmain\tc0", "branch\tstep_100\tc1", "tag\tv1\tc2"]
+
+
+def test_one_commit_per_label_is_loaded_and_recorded(tmp_path, rows, tiny_model_dir, monkeypatch):
+    """Each label's revision is resolved once; config, tokenizer and weights load at that commit."""
+    from persona_dynamics.capture import run as capture_run
+
+    resolved, loaded = [], {}
+    real_model, real_config, real_tok = (
+        capture_run.load_model,
+        capture_run.load_config,
+        capture_run.load_tokenizer,
+    )
+
+    def resolve(model, revision):  # a new commit each call: a second call would disagree
+        resolved.append(revision)
+        return f"{len(resolved):040x}"
+
+    def load_model(ckpt, device, dtype, merge, commit):
+        loaded.setdefault(ckpt.label, []).append(("weights", commit))
+        return real_model(ckpt, device, dtype, merge, commit)
+
+    def load_config(model, revision):
+        loaded.setdefault(model, []).append(("config", revision))
+        return real_config(model, revision)
+
+    def load_tokenizer(model, revision):
+        loaded.setdefault(model, []).append(("tokenizer", revision))
+        return real_tok(model, revision)
+
+    monkeypatch.setattr(capture_run, "resolve_commit", resolve)
+    monkeypatch.setattr(capture_run, "load_model", load_model)
+    monkeypatch.setattr(capture_run, "load_config", load_config)
+    monkeypatch.setattr(capture_run, "load_tokenizer", load_tokenizer)
+    ckpts = [
+        {"label": "a", "model": str(tiny_model_dir), "revision": "step-1"},
+        {"label": "b", "model": str(tiny_model_dir), "revision": "main"},
+    ]
+    cfg = study(tmp_path, tiny_model_dir, checkpoints=ckpts, layers=[3])
+    run_capture(cfg)
+    assert sorted(resolved) == ["main", "step-1"]  # once per label
+    commits = {}
+    for label in ("a", "b"):
+        with ActivationStore.open(activations_path(cfg, label)) as st:
+            commits[label] = st.attrs["commit"]
+        assert loaded[label] == [("weights", commits[label])]
+    assert commits["a"] != commits["b"]
+    # shapes read at each label's commit; the tokenizer at the reference's (the last label)
+    assert sorted(loaded[str(tiny_model_dir)]) == sorted(
+        [("config", commits["a"]), ("config", commits["b"]), ("tokenizer", commits["b"])]
+    )
+
+
+def test_load_model_loads_the_commit_it_records(monkeypatch, tiny_model_dir):
+    """A hub checkpoint loads at the commit given (or resolved once here) and records it."""
+    from transformers import AutoModelForCausalLM
+
+    from persona_dynamics import models
+    from persona_dynamics.config import Checkpoint
+
+    calls, real = [], AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(name, **kwargs):
+        calls.append(kwargs.get("revision"))
+        return real(tiny_model_dir)
+
+    resolved = []
+    monkeypatch.setattr(models, "is_local", lambda model: False)
+    monkeypatch.setattr(models, "resolve_commit", lambda m, r: resolved.append(r) or "c" * 40)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    ckpt = Checkpoint(label="x", model="org/model", revision="step-5")
+    given = models.load_model(ckpt, "cpu", commit="d" * 40)
+    assert given.commit == "d" * 40 and calls == ["d" * 40] and resolved == []
+    found = models.load_model(ckpt, "cpu")
+    assert found.commit == "c" * 40 and calls[-1] == "c" * 40 and resolved == ["step-5"]

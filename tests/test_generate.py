@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from persona_dynamics.config import Checkpoint, parse
+from persona_dynamics.config import Checkpoint, Shard, parse
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation import read_transcripts, run_generate, transcripts_digest
+from persona_dynamics.generation import run_generate
 from persona_dynamics.generation.hf import HFGenerator, plan_batches, seeded_sampler, uniforms
 from persona_dynamics.generation.requests import (
     Request,
@@ -21,10 +21,14 @@ from persona_dynamics.generation.requests import (
     derive_seed,
     display_name,
     load_work,
-    parse_shard,
 )
-from persona_dynamics.generation.store import check_manifest, transcripts_dir
 from persona_dynamics.roles import Question, Role, load_default, load_roles
+from persona_dynamics.transcripts import (
+    check_manifest,
+    read_transcripts,
+    transcripts_digest,
+    transcripts_dir,
+)
 
 from conftest import QUESTIONS, ROLES_DIR, ROOT
 
@@ -95,7 +99,9 @@ def test_shards_cover_the_work_exactly_once():
     qs = [Question(i, f"q{i}") for i in range(12)]
     full = build_requests(roles, dict.fromkeys([r.name for r in roles], qs), "m", 2, 0)
     parts = [
-        build_requests(roles, dict.fromkeys([r.name for r in roles], qs), "m", 2, 0, shard=(i, 3))
+        build_requests(
+            roles, dict.fromkeys([r.name for r in roles], qs), "m", 2, 0, shard=Shard(i, 3)
+        )
         for i in range(3)
     ]
     ids = [r.id for p in parts for r in p]
@@ -104,9 +110,18 @@ def test_shards_cover_the_work_exactly_once():
 
 
 @pytest.mark.parametrize("bad", ["3/3", "1", "a/b", "-1/2", "0/0"])
-def test_parse_shard_rejects(bad):
-    with pytest.raises(PersonaDynamicsError, match="--shard"):
-        parse_shard(bad)
+@pytest.mark.parametrize("section", ["generation", "capture"])
+def test_bad_shard_names_the_key(tmp_path, section, bad):
+    data = {"run_name": "t", "checkpoints": [{"label": "x", "model": "m"}], section: {"shard": bad}}
+    with pytest.raises(PersonaDynamicsError, match=rf"{section}\.shard: .*shard '{bad}'"):
+        parse(data)
+
+
+def test_shard_is_one_type_for_every_stage():
+    data = {"run_name": "t", "checkpoints": [{"label": "x", "model": "m"}]}
+    cfg = parse(data | {"generation": {"shard": "1/4"}, "capture": {"shard": "3/4"}})
+    assert cfg.generation.shard == Shard(1, 4) and cfg.capture.shard == Shard(3, 4)
+    assert parse(data).generation.shard is None
 
 
 def test_display_name_and_work(tmp_path):
@@ -314,7 +329,8 @@ def test_shards_write_parts_that_merge(tmp_path, tiny_model_dir):
     cfg.roles.include = ["cat"]
     cfg.roles.include_default = False
     for i in range(2):
-        run_generate(cfg, shard=(i, 2))
+        cfg.generation.shard = f"{i}/2"
+        run_generate(cfg)
     out = transcripts_dir(cfg)
     assert sorted(p.name for p in out.glob("*.jsonl")) == [
         "cat.shard-0-of-2.jsonl",

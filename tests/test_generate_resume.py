@@ -11,7 +11,8 @@ import time
 import pytest
 
 from persona_dynamics.config import load
-from persona_dynamics.generation import read_transcripts, run_generate, transcripts_dir
+from persona_dynamics.generation import run_generate
+from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
 from conftest import QUESTIONS, ROLES_DIR, ROOT
 

@@ -14,7 +14,8 @@ import pytest
 
 from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation import read_transcripts, run_generate
+from persona_dynamics.generation import run_generate
+from persona_dynamics.transcripts import read_transcripts
 
 from chat_server import ChatServer
 from conftest import QUESTIONS, ROLES_DIR

@@ -12,7 +12,6 @@ import pytest
 from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import messages_for
-from persona_dynamics.generation.store import transcripts_dir
 from persona_dynamics.jsonl import Appender, read_rows
 from persona_dynamics.judge import (
     format_table,
@@ -23,6 +22,7 @@ from persona_dynamics.judge import (
     summarize,
 )
 from persona_dynamics.roles import load_questions, load_roles
+from persona_dynamics.transcripts import transcripts_dir
 
 from chat_server import ChatServer
 from conftest import QUESTIONS, ROLES_DIR

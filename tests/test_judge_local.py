@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from persona_dynamics.config import parse
-from persona_dynamics.generation import read_transcripts, transcripts_dir
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.jsonl import Appender, key_of, read_rows
 from persona_dynamics.judge import judge_prompt, load_scores, parse_score, run_judge
 from persona_dynamics.roles import load_roles
+from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 from test_judge import plant
 
 from conftest import QUESTIONS, ROLES_DIR

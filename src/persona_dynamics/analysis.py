@@ -1,4 +1,4 @@
-"""The analysis stages' I/O edge: activation stores in; persona space and dynamics files out.
+"""The analyze and compare stages: activation stores in; persona space and dynamics files out.
 
 `run_analyze(cfg)` fits the reference label's persona space at every analyzed layer (default:
 every captured layer) and writes `space.h5` and `summary.json`. `run_compare(cfg)` projects every
@@ -7,31 +7,15 @@ is importable) and `dynamics.json`. `run_compare(cfg, across_models=other)` sets
 side by side (role-loading correlation and the paper's statistics, never projection) and writes
 `across/<other run>.json` and `.csv`. All files live in `<output_root>/analysis/<run>/`.
 
-Each layer of each store is streamed once into per-(question, vector) sums (`space.GroupSums`);
-the bootstrap over questions (B replicates, seeded, 95% percentile intervals) reuses them.
-Without judge scores (no `[judge]` in the config) every role has one vector from all its samples;
-outputs say so (`scored` false and a `note`).
+Stores are read through `readers`, space.h5 written and read through `spacefile`, and every
+JSON and CSV file written whole through `files`. Each layer of each store is streamed once into
+per-(question, vector) sums (`space.GroupSums`); the bootstrap over questions (B replicates,
+seeded, 95% percentile intervals) reuses them. Without judge scores (no `[judge]` in the config)
+every role has one vector from all its samples; outputs say so (`scored` false and a `note`).
 
 Output formats
 --------------
-space.h5
-  root attrs: run, reference, model, revision, commit, n_layers, hidden_size, layers (analyzed),
-    lead_layer, scored, note, score_categories, axis_category, min_samples, n_components,
-    target (0.70), bootstrap (B), seed, level (0.95), transcripts_digest, tokens_digest, version.
-  root datasets: names (G,) vector names (`role@score`, or `role` unscored), `default` last;
-    roles (G,); categories (G,) judge score, -1 for default and unscored vectors; counts (G,)
-    samples per vector; questions (Q,) question ids (the bootstrap unit); weights (B, Q) each
-    replicate's question multiplicities.
-  group `layer_<i>` per analyzed layer i (zero-based block index); V = G - 1 role vectors in
-  `names` order, k components:
-    datasets vectors (V, d), default (d,), mean (d,) (mean role vector), components (k, d),
-      explained_variance (k,), explained_variance_ratio (k,), axis (d,) raw, axis_unit (d,),
-      projections (V, k), axis_projections (V,), loadings (V, k) (cosine of each centered role
-      vector with each PC), default_projection (k,), default_position (k,),
-      boot_loadings (B, V, 3) (replicates' loadings on PC1..3, NaN where a vector is missing);
-    attrs: for each statistic s of `space.statistics` (n_vectors, pc1_variance, cos_pc1_axis,
-      abs_cos_pc1_axis, n_pcs_target, axis_norm, position_pc1..10, extreme_distance_pc1..10):
-      s, s_lo, s_hi (point estimate and bootstrap interval).
+space.h5: see `persona_dynamics.spacefile`, its one writer and reader.
 summary.json
   run, reference, model, revision, commit, scored, note, layers, lead_layer, n_questions,
   bootstrap, seed, level; vectors: {kept, by_category {score: n}, default_samples,
@@ -63,20 +47,14 @@ across/<other run>.json: runs, models, lead_layers, paired (same questions, seed
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import os
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
-from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.dynamics import (
     LOADING_PCS,
@@ -87,167 +65,25 @@ from persona_dynamics.dynamics import (
     movement,
     summarize,
 )
-from persona_dynamics.errors import PersonaDynamicsError, located
-from persona_dynamics.roles import DEFAULT
-from persona_dynamics.space import Groups, GroupSums, bootstrap_weights, frames, make_groups
-from persona_dynamics.store import ActivationStore, activations_path
+from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.files import write_json, write_table
+from persona_dynamics.readers import (
+    UNSCORED_NOTE,
+    analyzed_layers,
+    check_same_samples,
+    layer_sums,
+    left_out,
+    open_store,
+    sample_groups,
+    stage_labels,
+)
+from persona_dynamics.space import Groups, bootstrap_weights, frames
+from persona_dynamics.spacefile import LEVEL, TARGET, SavedSpace, read_space, write_space
+from persona_dynamics.store import ActivationStore
 
 log = logging.getLogger(__name__)
 
-LEVEL = 0.95
-TARGET = 0.70
 POSITION_PCS = 10
-UNSCORED_NOTE = "no judge scores: one vector per role from all of its samples"
-
-
-# --- inputs --------------------------------------------------------------------------------------
-
-
-def open_store(cfg: Study, label: str) -> ActivationStore:
-    """A label's store, refusing incomplete and per-token ones."""
-    path = activations_path(cfg, label)
-    if not path.is_file():
-        raise PersonaDynamicsError(
-            f"{path}: no activations for '{label}'; run `persona-dynamics capture` first"
-        )
-    store = ActivationStore.open(path)
-    if store.attrs.get("complete") is False:
-        store.close()
-        raise PersonaDynamicsError(f"{path}: incomplete store (capture not finished or merged)")
-    if store.ragged:
-        store.close()
-        raise PersonaDynamicsError(
-            f"{path}: per-token activations (aggregation 'none'); analysis needs 'mean' or 'last'"
-        )
-    return store
-
-
-def sample_roles(store: ActivationStore) -> np.ndarray:
-    """Role name of every row."""
-    return np.asarray(store.roles, dtype=object)[store.role_codes]
-
-
-def width(store: ActivationStore) -> int:
-    """Hidden size of the stored activations."""
-    return store.layer(store.layers[0], rows=[0]).shape[1]
-
-
-def check_same_samples(ref: ActivationStore, store: ActivationStore) -> None:
-    """Refuse a label whose transcripts, tokens, hidden size or rows differ from the reference's."""
-    for attr in ("transcripts_digest", "tokens_digest"):
-        a, b = ref.attrs.get(attr), store.attrs.get(attr)
-        if a != b:
-            raise PersonaDynamicsError(
-                f"{store.path}: {attr} {b} differs from the reference's {a} ({ref.path}); "
-                "every label must be captured on the same transcripts and tokens"
-            )
-    if width(store) != width(ref):
-        raise PersonaDynamicsError(
-            f"{store.path}: hidden size {width(store)} differs from the reference's "
-            f"{width(ref)} ({ref.path}); compare other models with --across-models"
-        )
-    same = len(store) == len(ref) and all(
-        np.array_equal(getattr(store, f), getattr(ref, f))
-        for f in ("system_prompt_idx", "question_idx", "rollout_idx")
-    )
-    if not same or not np.array_equal(sample_roles(store), sample_roles(ref)):
-        raise PersonaDynamicsError(
-            f"{store.path}: its {len(store)} samples differ from the reference's {len(ref)} "
-            f"({ref.path}); capture every label from the same transcripts"
-        )
-
-
-def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
-    """Judge score of every row (NaN when none, and for default rows), or None without a judge."""
-    from persona_dynamics.judge import load_scores
-
-    if cfg.judge is None:
-        log.warning("%s; add a [judge] section and run `judge` to filter by role expression",
-                    UNSCORED_NOTE)  # fmt: skip
-        return None
-    table = load_scores(cfg.path("scores"))
-    if not table:
-        raise PersonaDynamicsError(
-            f"{cfg.path('scores')}: no scores; run `persona-dynamics judge`, or drop [judge] "
-            "from the config to analyze without scores"
-        )
-    rows = zip(store.keys(), sample_roles(store), strict=True)
-    return np.array([np.nan if r == DEFAULT or table.get(k) is None else table[k] for k, r in rows])
-
-
-def sample_groups(cfg: Study, store: ActivationStore) -> Groups:
-    """The role vectors of the study, from the reference store's rows and the judge's scores."""
-    a = cfg.analysis
-    try:
-        groups = make_groups(
-            sample_roles(store),
-            sample_scores(cfg, store),
-            a.score_categories,
-            a.axis_category,
-            a.min_samples,
-            usable=store.n_tokens > 0,
-        )
-    except PersonaDynamicsError as exc:
-        raise PersonaDynamicsError(located(store.path, str(exc))) from None
-    empty = int((store.n_tokens == 0).sum())
-    if empty:
-        log.warning("%d sample(s) with an empty response carry no activation; left out", empty)
-    for d in groups.dropped:
-        log.info("dropped vector %s: %s", d["name"], d["reason"])
-    lost = left_out(groups)
-    if lost:
-        log.warning(
-            "%d role(s) have no vector with %d samples and are left out: %s",
-            len(lost), a.min_samples, ", ".join(lost),
-        )  # fmt: skip
-    return groups
-
-
-def left_out(groups: Groups) -> list[str]:
-    """Roles without any kept vector."""
-    return sorted({d["role"] for d in groups.dropped} - set(groups.roles))
-
-
-def analyzed_layers(cfg: Study, store: ActivationStore) -> tuple[list[int], int]:
-    """The layers to analyze (config, else all captured) and the lead layer (default: middle)."""
-    layers = sorted(cfg.analysis.layers or store.layers)
-    missing = [x for x in layers if x not in store.layers]
-    if missing:
-        raise PersonaDynamicsError(
-            f"{store.path}: layer(s) {missing} not captured (captured: {store.layers})"
-        )
-    lead = cfg.analysis.lead_layer
-    if lead is not None:
-        if lead not in layers:
-            raise PersonaDynamicsError(
-                f"analysis.lead_layer {lead} is not an analyzed layer (analyzed: {layers})"
-            )
-        return layers, lead
-    n = store.attrs.get("n_layers")
-    middle = int(n) // 2 if n else layers[len(layers) // 2]
-    lead = min(layers, key=lambda x: (abs(x - middle), x))
-    if lead != middle:
-        log.warning("the middle layer %d was not analyzed; leading with layer %d", middle, lead)
-    return layers, lead
-
-
-def layer_sums(
-    store: ActivationStore, layer: int, index: np.ndarray, n_groups: int, questions: np.ndarray
-) -> GroupSums:
-    """Stream a store's layer into per-(question, vector) sums; `index` maps rows to vectors."""
-    sums = GroupSums(questions, n_groups, width(store))
-    for rows, x in tqdm(store.iter_layer(layer), desc=f"layer {layer}", leave=False):
-        sums.add(index[rows], store.question_idx[rows], x)
-    return sums
-
-
-def stage_labels(cfg: Study) -> list[str]:
-    """Labels in stage order (checkpoint.stage, else position); capture.checkpoints narrows them."""
-    order = sorted(
-        enumerate(cfg.checkpoints), key=lambda ic: ic[0] if ic[1].stage is None else ic[1].stage
-    )
-    keep = set(cfg.capture.checkpoints) | {cfg.reference_label}
-    return [c.label for _, c in order if not cfg.capture.checkpoints or c.label in keep]
 
 
 # --- analyze -------------------------------------------------------------------------------------
@@ -264,91 +100,24 @@ def run_analyze(cfg: Study) -> Path:
         questions = np.unique(store.question_idx)
         weights = bootstrap_weights(len(questions), a.bootstrap, a.seed)
         per_layer: dict[int, dict[str, np.ndarray]] = {}
-        path = out / "space.h5"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with h5py.File(tmp, "w") as h5:
-                _space_root(h5, cfg, store, groups, layers, lead, questions, weights)
-                for layer in tqdm(layers, desc="analyze"):
-                    sums = layer_sums(store, layer, groups.index, len(groups.names), questions)
-                    ref, point = Reference(groups.names[:-1]), None
-                    for f in frames(sums, groups, weights, a.n_components, TARGET):
-                        point = f if point is None else point
-                        ref.append(f)
-                    per_layer[layer] = ref.statistics(POSITION_PCS)
-                    _space_layer(h5.create_group(f"layer_{layer}"), point, ref, per_layer[layer])
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        def fits():
+            for layer in tqdm(layers, desc="analyze"):
+                sums = layer_sums(store, layer, groups.index, len(groups.names), questions)
+                ref, point = Reference(groups.names[:-1]), None
+                for f in frames(sums, groups, weights, a.n_components, TARGET):
+                    point = f if point is None else point
+                    ref.append(f)
+                per_layer[layer] = ref.statistics(POSITION_PCS)
+                yield layer, point, ref, per_layer[layer]
+
+        path = write_space(
+            out / "space.h5", cfg, store, groups, layers, lead, questions, weights, fits()
+        )
         summary = _summary(cfg, store, groups, layers, lead, len(questions), per_layer)
     write_json(out / "summary.json", summary)
     log.info("analyze: wrote %s and %s", path, out / "summary.json")
     return path
-
-
-def _space_root(h5, cfg: Study, store, groups: Groups, layers, lead, questions, weights) -> None:
-    a = cfg.analysis
-    attrs = {
-        "run": cfg.run_name,
-        "reference": cfg.reference_label,
-        "model": store.attrs.get("model"),
-        "revision": store.attrs.get("revision"),
-        "commit": store.attrs.get("commit"),
-        "n_layers": store.attrs.get("n_layers"),
-        "hidden_size": width(store),
-        "layers": np.array(layers),
-        "lead_layer": lead,
-        "scored": groups.scored,
-        "note": "" if groups.scored else UNSCORED_NOTE,
-        "score_categories": np.array(a.score_categories),
-        "axis_category": a.axis_category,
-        "min_samples": a.min_samples,
-        "n_components": a.n_components,
-        "target": TARGET,
-        "bootstrap": a.bootstrap,
-        "seed": a.seed,
-        "level": LEVEL,
-        "transcripts_digest": store.attrs.get("transcripts_digest"),
-        "tokens_digest": store.attrs.get("tokens_digest"),
-        "version": __version__,
-    }
-    h5.attrs.update({k: v for k, v in attrs.items() if v is not None})
-    h5["names"] = np.array(groups.names, dtype=object)
-    h5["roles"] = np.array(groups.roles, dtype=object)
-    h5["categories"] = groups.categories
-    h5["counts"] = groups.counts()
-    h5["questions"] = questions
-    h5["weights"] = weights
-
-
-def _space_layer(g, point, ref: Reference, stats: dict[str, np.ndarray]) -> None:
-    sp = point.space
-    roles = point.vectors[:-1]
-    f32 = {
-        "vectors": roles,
-        "default": point.vectors[-1],
-        "mean": sp.mean_,
-        "components": sp.components_,
-        "axis": sp.axis_,
-        "axis_unit": sp.axis_unit_,
-        "boot_loadings": ref.loading_array()[1:],
-    }
-    f64 = {
-        "explained_variance": sp.explained_variance_,
-        "explained_variance_ratio": sp.explained_variance_ratio_,
-        "projections": sp.projections_,
-        "axis_projections": sp.project_axis(roles),
-        "loadings": sp.loadings(roles),
-        "default_projection": sp.default_projection_,
-        "default_position": sp.default_position_,
-    }
-    for name, value in f32.items():
-        g.create_dataset(name, data=np.asarray(value, dtype=np.float32))
-    for name, value in f64.items():
-        g.create_dataset(name, data=np.asarray(value, dtype=np.float64))
-    for name, values in stats.items():
-        value, lo, hi = summarize(values, LEVEL)
-        g.attrs[name], g.attrs[f"{name}_lo"], g.attrs[f"{name}_hi"] = value, lo, hi
 
 
 PAPER = {
@@ -567,47 +336,21 @@ def _lead(cur: LabelStats, move) -> dict:
 # --- across models -------------------------------------------------------------------------------
 
 
-class SavedSpace:
-    """An analyzed run read back from space.h5 and summary.json (for comparisons across models)."""
-
-    def __init__(self, cfg: Study):
-        out = cfg.path("analysis")
-        path = out / "space.h5"
-        if not path.is_file() or not (out / "summary.json").is_file():
-            raise PersonaDynamicsError(
-                f"{path}: run `persona-dynamics analyze` for run '{cfg.run_name}' first"
-            )
-        self.run = cfg.run_name
-        self.summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        with h5py.File(path, "r") as h5:
-            self.attrs = {k: _plain(v) for k, v in h5.attrs.items()}
-            self.names = list(h5["names"].asstr()[:-1])
-            self.questions = h5["questions"][:]
-            self.weights = h5["weights"][:]
-            self.loadings = {}
-            for layer in self.attrs["layers"]:
-                g = h5[f"layer_{layer}"]
-                point = g["loadings"][:, :LOADING_PCS]
-                point = np.pad(point, ((0, 0), (0, LOADING_PCS - point.shape[1])), "constant",
-                               constant_values=np.nan)  # fmt: skip
-                self.loadings[layer] = np.concatenate([point[None], g["boot_loadings"][:]])
-        self.layers = list(self.attrs["layers"])
-        self.lead = int(self.attrs["lead_layer"])
-        self.n_layers = self.attrs.get("n_layers") or (max(self.layers) + 1)
-
-    def depth(self, layer: int) -> float:
-        """Relative depth of a layer: (layer + 1) / number of layers."""
-        return (layer + 1) / self.n_layers
-
-
-def _plain(v):
-    """An HDF5 attribute as a plain Python value."""
-    return v.tolist() if isinstance(v, np.ndarray | np.generic) else v
+def analyzed(cfg: Study) -> tuple[SavedSpace, dict]:
+    """An analyzed run's space.h5 and summary.json, read back (for comparisons across models)."""
+    out = cfg.path("analysis")
+    path = out / "space.h5"
+    if not path.is_file() or not (out / "summary.json").is_file():
+        raise PersonaDynamicsError(
+            f"{path}: run `persona-dynamics analyze` for run '{cfg.run_name}' first"
+        )
+    return read_space(path), json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
 def run_across(cfg: Study, other: Study) -> Path:
     """Two runs' spaces side by side: role-loading correlation and the paper's statistics."""
-    a, b = SavedSpace(cfg), SavedSpace(other)
+    (a, sum_a), (b, sum_b) = analyzed(cfg), analyzed(other)
+    run_a, run_b = cfg.run_name, other.run_name
     paired = (
         np.array_equal(a.questions, b.questions)
         and a.weights.shape == b.weights.shape
@@ -616,13 +359,14 @@ def run_across(cfg: Study, other: Study) -> Path:
     shared = len(set(a.names) & set(b.names))
     if shared < 3:
         raise PersonaDynamicsError(
-            f"runs '{a.run}' and '{b.run}' share {shared} role vectors; loadings need 3 or more"
+            f"runs '{run_a}' and '{run_b}' share {shared} role vectors; loadings need 3 or more"
         )
     pairs = {(la, min(b.layers, key=lambda lb: abs(b.depth(lb) - a.depth(la)))) for la in a.layers}
     pairs.add((a.lead, b.lead))
     rows = []
     for la, lb in sorted(pairs):
-        corr = loading_agreement(a.names, a.loadings[la], b.names, b.loadings[lb])
+        load_a, load_b = a.per_layer[la].loadings, b.per_layer[lb].loadings
+        corr = loading_agreement(a.names, load_a, b.names, load_b)
         for j in range(LOADING_PCS):
             rows.append(
                 {"layer_a": la, "layer_b": lb, "depth_a": a.depth(la), "depth_b": b.depth(lb),
@@ -630,13 +374,13 @@ def run_across(cfg: Study, other: Study) -> Path:
             )  # fmt: skip
     lead_pc1 = next(r for r in rows if (r["layer_a"], r["layer_b"], r["pc"]) == (a.lead, b.lead, 1))
     side = {}
-    for stat in a.summary["per_layer"][str(a.lead)]:
+    for stat in sum_a["per_layer"][str(a.lead)]:
         side[stat] = {
-            a.run: a.summary["per_layer"][str(a.lead)][stat],
-            b.run: b.summary["per_layer"][str(b.lead)].get(stat),
+            run_a: sum_a["per_layer"][str(a.lead)][stat],
+            run_b: sum_b["per_layer"][str(b.lead)].get(stat),
         }
     report = {
-        "runs": [a.run, b.run],
+        "runs": [run_a, run_b],
         "models": [a.attrs.get("model"), b.attrs.get("model")],
         "lead_layers": [a.lead, b.lead],
         "paired": paired,
@@ -650,55 +394,7 @@ def run_across(cfg: Study, other: Study) -> Path:
     }  # fmt: skip
     out = cfg.path("analysis") / "across"
     out.mkdir(parents=True, exist_ok=True)
-    write_table(out / f"{b.run}.csv", rows, parquet=False)
-    write_json(out / f"{b.run}.json", report)
-    log.info("compare: wrote %s", out / f"{b.run}.json")
-    return out / f"{b.run}.json"
-
-
-# --- writing -------------------------------------------------------------------------------------
-
-
-def _jsonable(obj):
-    """Plain JSON values: numpy scalars and arrays unwrapped, NaN and inf as null."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_table(path: Path, rows: Iterable[dict], parquet: bool = True) -> None:
-    """Write rows as CSV atomically, and as parquet beside it when pyarrow is importable."""
-    rows = [_jsonable(r) for r in rows]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    if not parquet:
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # optional: the CSV is the contract, parquet a convenience
-        return
-    target = path.with_suffix(".parquet")
-    tmp = target.with_name(f".{target.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, target)
+    write_table(out / f"{run_b}.csv", rows, parquet=False)
+    write_json(out / f"{run_b}.json", report)
+    log.info("compare: wrote %s", out / f"{run_b}.json")
+    return out / f"{run_b}.json"

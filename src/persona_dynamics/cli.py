@@ -193,15 +193,10 @@ def _capture_study(config, checkpoint, model_name, overrides: dict):
     return build(None, {"run_name": "capture", **overrides}, model_name, revision)
 
 
-def _layers(text: str) -> list[int] | str:
-    if text in ("middle", "all"):
-        return text
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise PersonaDynamicsError(
-            f"--layers '{text}': expected comma-separated indices, e.g. 3,7,11"
-        ) from None
+def _layers(text: str) -> str:
+    from persona_dynamics.layers import check
+
+    return check(text, "--layers")
 
 
 @capture_app.command("run", hidden=True)
@@ -336,8 +331,11 @@ def adapters_place(
     """Own-text: each adapter answers the default prompts; then place it in persona space."""
     from persona_dynamics.adapters.place import run_place
     from persona_dynamics.config import build
+    from persona_dynamics.pipeline import run_own_text
 
-    typer.echo(run_place(build(config), only))
+    cfg = build(config)
+    run_own_text(cfg, only)
+    typer.echo(run_place(cfg, only))
 
 
 # --- generate and judge --------------------------------------------------------------------------
@@ -392,7 +390,6 @@ def generate(
     """Sample role-play and default-Assistant transcripts from the generating checkpoint."""
     from persona_dynamics.config import build
     from persona_dynamics.generation import run_generate
-    from persona_dynamics.generation.requests import parse_shard
 
     cfg = build(
         config,
@@ -414,9 +411,10 @@ def generate(
             "generation.batch_tokens": batch_tokens,
             "generation.device": device,
             "generation.resume": resume,
+            "generation.shard": shard,
         },
     )
-    typer.echo(run_generate(cfg, parse_shard(shard) if shard else (0, 1)))
+    typer.echo(run_generate(cfg))
 
 
 @app.command()

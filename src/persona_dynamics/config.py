@@ -9,11 +9,22 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.layers import check as check_layers
 from persona_dynamics.roles import shipped_dir, shipped_questions
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -22,6 +33,50 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 def safe_name(text: str) -> str:
     """`text` as a label or file-name part: runs of other characters than LABEL's become '_'."""
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_")
+
+
+class Shard(NamedTuple):
+    """One worker's share of a stage: shard `index` of `count` (written 'I/N', I from 0)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE = Shard(0, 1)
+
+
+def _shard(value: str | Shard) -> Shard:
+    """'I/N' -> Shard(I, N) with 0 <= I < N; a ValueError (pydantic names the key) otherwise."""
+    if isinstance(value, tuple):
+        value = "/".join(map(str, value))
+    try:
+        i, n = (int(x) for x in str(value).split("/"))
+    except ValueError:
+        raise ValueError(f"shard '{value}': expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard '{value}': need 0 <= I < N")
+    return Shard(i, n)
+
+
+ShardField = Annotated[
+    Shard | None,
+    BeforeValidator(lambda v: v if v is None else _shard(v)),
+    PlainSerializer(lambda v: None if v is None else str(v), return_type=str | None),
+]
+
+
+def _layer_spec(value: list[int] | str) -> list[int] | str:
+    """A layer spec, checked without a model (a ValueError: pydantic names the key)."""
+    try:
+        return check_layers(value)
+    except PersonaDynamicsError as exc:
+        raise ValueError(str(exc)) from None
+
+
+LayerSpec = Annotated[list[int] | str, AfterValidator(_layer_spec)]
 
 
 class Section(BaseModel):
@@ -92,6 +147,7 @@ class Generation(Section):
     api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
     max_in_flight: int = Field(default=32, ge=1)
     resume: bool = Field(default=True, description="skip keys already written; false refuses")
+    shard: ShardField = Field(default=None, description="'I/N': this worker's share, I from 0")
 
 
 class Judge(Section):
@@ -114,7 +170,9 @@ class Capture(Section):
     """How activations are captured for every checkpoint."""
 
     backend: Literal["hooks", "nnsight", "lens"] = "hooks"
-    layers: list[int] | Literal["middle", "all"] = "middle"
+    layers: LayerSpec = Field(
+        default="middle", description="indices, 'middle', 'all' or text like '3,7,11', '46:54'"
+    )
     aggregation: Literal["mean", "last", "none"] = "mean"
     dtype: Literal["float32", "float16"] = "float32"
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -123,22 +181,17 @@ class Capture(Section):
     checkpoints: list[str] = Field(default_factory=list, description="labels; empty means all")
     none_max_samples: int = Field(default=256, ge=1, description="aggregation='none': subset size")
     block_samples: int = Field(default=1024, ge=1, description="samples per part (resume unit)")
-    shard: str | None = Field(default=None, pattern=r"^\d+/\d+$", description="'I/N', I from 0")
+    shard: ShardField = Field(default=None, description="'I/N': this worker's share, I from 0")
     transcript_dir: Path | None = Field(default=None, description="default: the run's transcripts")
     output_dir: Path | None = Field(default=None, description="default: activations/<run>")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int] | str) -> list[int] | str:
-        if isinstance(v, list) and any(i < 0 for i in v):
-            raise ValueError("layer indices are zero-based and non-negative")
-        return v
 
 
 class Analysis(Section):
     """Persona space, Assistant Axis and cross-checkpoint comparison."""
 
-    layers: list[int] = Field(default_factory=list, description="empty means every captured layer")
+    layers: LayerSpec = Field(
+        default_factory=list, description="as capture.layers; empty means every captured layer"
+    )
     lead_layer: int | None = Field(default=None, description="default: the middle layer")
     n_components: int = Field(default=10, ge=1)
     score_categories: list[int] = Field(default_factory=lambda: [3, 2])
@@ -221,6 +274,10 @@ Stage = Literal["generate", "judge", "adapters", "capture", "analyze", "compare"
 STAGES: tuple[str, ...] = Stage.__args__
 
 
+Kind = Literal["transcripts", "scores", "adapters", "activations", "analysis", "reports"]
+KINDS: tuple[str, ...] = Kind.__args__
+
+
 class Study(Section):
     """A whole study: which model line, which checkpoints, and how each stage runs."""
 
@@ -278,9 +335,15 @@ class Study(Section):
     def reference_label(self) -> str:
         return self.reference or self.checkpoints[-1].label
 
-    def path(self, kind: str) -> Path:
-        """`<output_root>/<kind>/<run_name>`: where a stage's files for this run live."""
-        return self.output_root / kind / self.run_name
+    def generating_checkpoint(self) -> Checkpoint:
+        """The checkpoint transcripts are sampled from: generation.checkpoint, else reference."""
+        return self.checkpoint(self.generation.checkpoint or self.reference_label)
+
+    def path(self, kind: Kind, *parts: str) -> Path:
+        """`<output_root>/<kind>/<run_name>[/parts...]`: the one layout of every stage's files."""
+        if kind not in KINDS:
+            raise PersonaDynamicsError(f"unknown output kind '{kind}' (known: {', '.join(KINDS)})")
+        return self.output_root.joinpath(kind, self.run_name, *parts)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -348,9 +411,7 @@ def build(
     if path is not None:
         cfg = load(path, given)
         if model or revision:
-            from persona_dynamics.generation.requests import generating_checkpoint
-
-            ckpt = generating_checkpoint(cfg)
+            ckpt = cfg.generating_checkpoint()
             ckpt.model = model or ckpt.model
             ckpt.revision = revision or ckpt.revision
         return cfg

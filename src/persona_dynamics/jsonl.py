@@ -116,13 +116,3 @@ class Appender:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write a small text file atomically: a temporary name beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

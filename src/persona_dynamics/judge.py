@@ -20,9 +20,10 @@ from pathlib import Path
 
 from persona_dynamics.config import Checkpoint, Judge, Study, safe_name
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.store import read_transcripts, transcripts_dir
-from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows, write_atomic
+from persona_dynamics.files import write_text
+from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows
 from persona_dynamics.roles import DEFAULT, digest, load_roles
+from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def write_summary(scores_dir: Path) -> list[dict]:
     w = csv.DictWriter(buf, fieldnames=["role", "n", *map(str, SCORES), "null", "mean"])
     w.writeheader()
     w.writerows(rows)
-    write_atomic(scores_dir / "summary.csv", buf.getvalue())
+    write_text(scores_dir / "summary.csv", buf.getvalue())
     return rows
 
 

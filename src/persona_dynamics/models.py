@@ -61,7 +61,12 @@ def is_local(model: str) -> bool:
 
 
 def resolve_commit(model: str, revision: str) -> str | None:
-    """The commit a revision points at (hub), or None for a local directory or with no network."""
+    """The commit a revision points at (hub), or None for a local directory or with no network.
+
+    Resolve once per checkpoint and load at the result, so the commit recorded is the one loaded.
+    A failure is logged here at debug level: loading next reports an unreachable hub or a missing
+    revision as its one clear error, and `unresolved` warns when loading worked without a commit.
+    """
     if is_local(model):
         return None
     try:
@@ -69,8 +74,18 @@ def resolve_commit(model: str, revision: str) -> str | None:
 
         return HfApi().model_info(model, revision=revision).sha
     except Exception as exc:  # noqa: BLE001 - recorded as unknown, loading reports the real error
-        log.warning("could not resolve the commit of %s@%s: %s", model, revision, exc)
+        log.debug("could not resolve the commit of %s@%s: %s", model, revision, exc)
         return None
+
+
+def unresolved(model: str, revision: str, commit: str | None) -> None:
+    """Warn, once weights loaded, that a hub checkpoint's commit is unknown (recorded as null)."""
+    if commit is None and not is_local(model):
+        log.warning(
+            "could not resolve the commit of %s@%s (hub unreachable?): recorded as unknown",
+            model,
+            revision,
+        )
 
 
 def load_tokenizer(model: str, revision: str = "main"):
@@ -110,14 +125,25 @@ class Loaded:
     adapter: str | None
 
 
-def load_model(ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", merge: bool = False):
-    """Load a checkpoint's weights (and its PEFT adapter, merged or not) in eval mode."""
+def load_model(
+    ckpt: Checkpoint,
+    device: str = "auto",
+    dtype: str = "auto",
+    merge: bool = False,
+    commit: str | None = None,
+) -> Loaded:
+    """Load a checkpoint's weights (and its PEFT adapter, merged or not) in eval mode.
+
+    The weights load at `commit` when the caller resolved one (so what it records is what it
+    loaded); otherwise the revision is resolved here, once, and loaded at that commit.
+    """
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
     kwargs = {"dtype": pick_dtype(dtype, device)}
+    commit = commit or resolve_commit(ckpt.model, ckpt.revision)
     if not is_local(ckpt.model):
-        kwargs["revision"] = ckpt.revision
+        kwargs["revision"] = commit or ckpt.revision
     elif not Path(ckpt.model, "config.json").exists():
         raise PersonaDynamicsError(f"{ckpt.model}: not a model directory (no config.json)")
     try:
@@ -134,14 +160,8 @@ def load_model(ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", merg
         if merge:
             model = model.merge_and_unload()
     model.to(device).eval()
-    return Loaded(
-        model,
-        ckpt.label,
-        ckpt.model,
-        ckpt.revision,
-        resolve_commit(ckpt.model, ckpt.revision),
-        ckpt.adapter,
-    )
+    unresolved(ckpt.model, ckpt.revision, commit)
+    return Loaded(model, ckpt.label, ckpt.model, ckpt.revision, commit, ckpt.adapter)
 
 
 def list_revisions(model: str) -> list[tuple[str, str, str]]:

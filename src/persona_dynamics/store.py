@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.files import plain
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,9 @@ class ActivationStore:
         except OSError as exc:
             raise PersonaDynamicsError(f"{self.path}: not a readable HDF5 store ({exc})") from None
         raw = dict(self.f.attrs)
-        self.attrs = {k: None for k in ATTRS} | {k: _plain(v) for k, v in raw.items()}
+        self.attrs = {k: None for k in ATTRS} | {k: plain(v) for k, v in raw.items()}
         self.attrs.pop("roles", None)
-        self.roles: list[str] = [_plain(r) for r in raw.get("roles", [])]
+        self.roles: list[str] = [plain(r) for r in raw.get("roles", [])]
         self.layers: list[int] = [int(x) for x in self.attrs["layers"] or []]
         self.role_codes = self.f["role"][:]
         self.system_prompt_idx = self.f["system_prompt_idx"][:]
@@ -284,14 +285,3 @@ class ActivationStore:
                 f"{self.path}: layer {layer} was not captured (captured: {self.layers})"
             )
         return self.f["tokens"][a:b, self.layers.index(layer)].astype(np.float32)
-
-
-def _plain(v):
-    """HDF5 attribute values as plain Python (str, int, bool, list)."""
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona_dynamics.errors import PersonaDynamicsError, located
-from persona_dynamics.jsonl import write_atomic
+from persona_dynamics.files import write_text
 from persona_dynamics.roles import digest, read_json, read_jsonl
 
 Message = dict[str, str]
@@ -150,7 +150,7 @@ def read_conversations(path: str | Path) -> list[Conversation]:
 def write_conversations(path: str | Path, conversations: list[Conversation]) -> Path:
     """Write conversations as JSONL, atomically."""
     text = "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in conversations)
-    return write_atomic(path, text)
+    return write_text(path, text)
 
 
 def unroll(conv: Conversation) -> list[Example]:

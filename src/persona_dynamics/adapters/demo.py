@@ -20,7 +20,7 @@ import numpy as np
 from persona_dynamics import toy
 from persona_dynamics.adapters.data import Conversation, write_conversations
 from persona_dynamics.config import AdapterTraining
-from persona_dynamics.jsonl import write_atomic
+from persona_dynamics.files import write_text
 
 TOY_PERSONAS = ("cat", "samurai", "wizard")  # roles the toy reference model plays well
 TOY_TRAINING = {  # sized for the toy model on 2 CPU cores
@@ -86,7 +86,7 @@ def write_toy_personas(
         conv = write_conversations(
             out / f"{name}.jsonl", _conversations(src, role, n_conversations, rng)
         )
-        survey = write_atomic(
+        survey = write_text(
             out / f"{name}.survey.json", json.dumps(_survey(src, role, rng), indent=1)
         )
         files[name] = [conv, survey]

@@ -17,7 +17,8 @@ from pathlib import Path
 from persona_dynamics.adapters.train import HELDOUT, adapter_checkpoint, adapter_dir, selected
 from persona_dynamics.config import Adapters, Study
 from persona_dynamics.errors import PersonaDynamicsError, require
-from persona_dynamics.jsonl import read_rows, write_atomic
+from persona_dynamics.files import write_text
+from persona_dynamics.jsonl import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,8 @@ def evaluate_adapter(cfg: Study, name: str) -> Path | None:
         {**r, "response": a, "point": likert_point(a, r["scale"]) if r["scale"] else None}
         for r, a in zip(records, answers, strict=True)
     ]
-    write_atomic(out / ANSWERS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    path = write_atomic(out / FIDELITY, json.dumps(scores, indent=2) + "\n")
+    write_text(out / ANSWERS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path = write_text(out / FIDELITY, json.dumps(scores, indent=2) + "\n")
     log.info("adapter %s fidelity: %s", name, scores[ALL])
     return path
 

@@ -21,7 +21,7 @@ from persona_dynamics.adapters.data import Example, PersonaData, load_data
 from persona_dynamics.chat import encode
 from persona_dynamics.config import Adapters, AdapterTraining, Checkpoint, Study
 from persona_dynamics.errors import PersonaDynamicsError, require
-from persona_dynamics.jsonl import write_atomic
+from persona_dynamics.files import write_text
 from persona_dynamics.models import load_model, load_tokenizer, pick_device, resolve_commit
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,8 @@ def train_adapter(cfg: Study, spec: AdapterTraining) -> Path:
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_atomic(tmp / CARD, json.dumps(card, indent=2) + "\n")
-        write_atomic(
+        write_text(tmp / CARD, json.dumps(card, indent=2) + "\n")
+        write_text(
             tmp / HELDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data.heldout)
         )
         if out.exists():

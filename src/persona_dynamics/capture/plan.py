@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from persona_dynamics.capture.tokens import Sample
+from persona_dynamics.config import Shard
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def make_plan(samples: list[Sample], batch_tokens: int, block_samples: int) -> P
     return Plan(batches, blocks)
 
 
-def shard_blocks(n_blocks: int, shard: tuple[int, int]) -> list[int]:
+def shard_blocks(n_blocks: int, shard: Shard) -> list[int]:
     """The blocks of shard (I, N): every N-th, so shards get long and short samples alike."""
     i, n = shard
     return list(range(i, n_blocks, n))

@@ -33,17 +33,20 @@ from persona_dynamics.capture.parts import (
 from persona_dynamics.capture.plan import Plan, collate, make_plan, shard_blocks
 from persona_dynamics.capture.tokens import Sample, tokenize, tokens_digest
 from persona_dynamics.chat import SPAN_RULE
-from persona_dynamics.config import Study
+from persona_dynamics.config import WHOLE, Shard, Study
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.layers import resolve
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.store import ActivationStore, activations_path, write_store
+from persona_dynamics.transcripts import read_transcripts, transcripts_digest, transcripts_dir
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Job:
-    """What every label of one run shares: the tokenized transcripts, their plan and digests."""
+    """What every label of one run shares: the tokenized transcripts, their plan and digests,
+    and the commit each label's revision was resolved to (once: weights load at that commit)."""
 
     samples: list[Sample]
     plan: Plan
@@ -54,26 +57,21 @@ class Job:
     tokens_digest: str
     pad_id: int
     tokenizer: object
+    commits: dict[str, str | None]
 
 
-def resolve_layers(spec, n_layers: int) -> list[int]:
-    """'middle' -> [L // 2] (the paper's lead layer), 'all' -> every block, or checked indices."""
-    if spec == "middle":
-        return [n_layers // 2]
-    if spec == "all":
-        return list(range(n_layers))
-    bad = [i for i in spec if i >= n_layers]
-    if bad:
-        raise PersonaDynamicsError(
-            f"capture.layers: {bad} out of range for a {n_layers}-layer model (0..{n_layers - 1})"
-        )
-    return sorted(set(spec))
+def resolve_commits(cfg: Study, labels: list[str]) -> dict[str, str | None]:
+    """Each label's revision resolved to a commit, once per label (None: local or unknown)."""
+    return {
+        label: resolve_commit(cfg.checkpoint(label).model, cfg.checkpoint(label).revision)
+        for label in labels
+    }
 
 
-def model_shape(cfg: Study, label: str) -> tuple[int, int]:
-    """(n_layers, hidden_size) of a checkpoint, read from its config alone."""
+def model_shape(cfg: Study, label: str, commit: str | None) -> tuple[int, int]:
+    """(n_layers, hidden_size) of a checkpoint at its resolved commit, from its config alone."""
     ckpt = cfg.checkpoint(label)
-    conf = load_config(ckpt.model, ckpt.revision)
+    conf = load_config(ckpt.model, commit or ckpt.revision)
     return int(conf.num_hidden_layers), int(conf.hidden_size)
 
 
@@ -129,24 +127,19 @@ def _gb(n: float) -> str:
 
 def prepare(cfg: Study) -> Job:
     """Read and tokenize the transcripts once (reference tokenizer), check shapes, plan batches."""
-    from persona_dynamics.generation.store import (
-        read_transcripts,
-        transcripts_digest,
-        transcripts_dir,
-    )
-
     c = cfg.capture
     labels = c.checkpoints or [k.label for k in cfg.checkpoints]
     ref = cfg.checkpoint(cfg.reference_label)
-    shapes = {label: model_shape(cfg, label) for label in dict.fromkeys([ref.label, *labels])}
+    commits = resolve_commits(cfg, list(dict.fromkeys([ref.label, *labels])))
+    shapes = {label: model_shape(cfg, label, commit) for label, commit in commits.items()}
     check_shapes(shapes, ref.label)
-    layers = resolve_layers(c.layers, shapes[ref.label][0])
+    layers = resolve(c.layers, shapes[ref.label][0], "capture.layers")
     tdir = c.transcript_dir or transcripts_dir(cfg)
     rows = read_transcripts(tdir)
     if not rows:
         raise PersonaDynamicsError(f"{tdir}: no transcripts to capture")
     tdigest = transcripts_digest(rows)
-    tok = load_tokenizer(ref.model, ref.revision)
+    tok = load_tokenizer(ref.model, commits[ref.label] or ref.revision)
     samples = tokenize(rows, tok)
     del rows
     empty = sum(s.n_response == 0 for s in samples)
@@ -163,7 +156,7 @@ def prepare(cfg: Study) -> Job:
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     return Job(
         samples, plan, plan.digest(samples) if plan else "", layers, shapes[ref.label], tdigest,
-        kdigest, pad, tok,
+        kdigest, pad, tok, commits,
     )  # fmt: skip
 
 
@@ -173,7 +166,7 @@ def label_attrs(cfg: Study, label: str, job: Job) -> dict:
     return {
         "model": ckpt.model,
         "revision": ckpt.revision,
-        "commit": resolve_commit(ckpt.model, ckpt.revision),
+        "commit": job.commits[label],
         "adapter": ckpt.adapter,
         "layers": job.layers,
         "aggregation": c.aggregation,
@@ -210,11 +203,9 @@ def check_run(cfg: Study, job: Job) -> None:
 
 def run_capture(cfg: Study) -> Path:
     """Capture the selected checkpoints (capture.checkpoints, default all); return the store dir."""
-    from persona_dynamics.generation.requests import parse_shard
-
     c = cfg.capture
     labels = c.checkpoints or [k.label for k in cfg.checkpoints]
-    shard = parse_shard(c.shard) if c.shard else (0, 1)
+    shard = c.shard or WHOLE
     job = prepare(cfg)
     check_run(cfg, job)
     out_dir = activations_path(cfg, labels[0]).parent
@@ -225,7 +216,7 @@ def run_capture(cfg: Study) -> Path:
     return out_dir
 
 
-def capture_label(cfg: Study, label: str, job: Job, shard: tuple[int, int] = (0, 1)) -> Path | None:
+def capture_label(cfg: Study, label: str, job: Job, shard: Shard = WHOLE) -> Path | None:
     """One label: skip if done, else run this shard's missing blocks; consolidate once all exist."""
     attrs = label_attrs(cfg, label, job)
     final = activations_path(cfg, label)
@@ -260,11 +251,14 @@ def capture_label(cfg: Study, label: str, job: Job, shard: tuple[int, int] = (0,
 
 @contextmanager
 def loaded_backend(cfg: Study, label: str, job: Job):
-    """Load a checkpoint (+ adapter) and wrap it in the configured backend; free it afterwards."""
+    """Load a checkpoint (+ adapter) at its resolved commit, wrap it in the configured backend;
+    free it afterwards."""
     import torch
 
     c = cfg.capture
-    loaded = load_model(cfg.checkpoint(label), c.device, c.model_dtype, merge=c.backend == "lens")
+    loaded = load_model(
+        cfg.checkpoint(label), c.device, c.model_dtype, c.backend == "lens", job.commits[label]
+    )
     try:
         yield make_backend(c.backend, loaded.model, job.layers, c.aggregation, job.tokenizer)
     finally:

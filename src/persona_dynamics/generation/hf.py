@@ -19,7 +19,7 @@ from persona_dynamics.chat import template_hash
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import Request, Result, Sampling, encode_prompt
-from persona_dynamics.models import load_model, load_tokenizer
+from persona_dynamics.models import load_model, load_tokenizer, resolve_commit
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,10 @@ class HFGenerator:
     def __init__(
         self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", batch_tokens: int = 16384
     ):
-        self.tokenizer = load_tokenizer(ckpt.model, ckpt.revision)
+        commit = resolve_commit(ckpt.model, ckpt.revision)  # once: tokenizer and weights load at it
+        self.tokenizer = load_tokenizer(ckpt.model, commit or ckpt.revision)
         self.template = template_hash(self.tokenizer)  # refuses a model without a chat template
-        self.loaded = load_model(ckpt, device, dtype)
+        self.loaded = load_model(ckpt, device, dtype, commit=commit)
         self.model = self.loaded.model
         self.ckpt = ckpt
         self.batch_tokens = batch_tokens

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_dynamics.chat import Message, prompt_text
-from persona_dynamics.config import Checkpoint, Study
+from persona_dynamics.config import WHOLE, Shard, Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.models import is_local
 from persona_dynamics.roles import DEFAULT, Question, Role, load_default, load_questions, load_roles
@@ -83,27 +83,11 @@ def shard_of(prompt_id: tuple, n: int) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") % n
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N; a bad value names what was expected."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise PersonaDynamicsError(f"--shard '{text}': expected I/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise PersonaDynamicsError(f"--shard '{text}': need 0 <= I < N")
-    return i, n
-
-
-def generating_checkpoint(cfg: Study) -> Checkpoint:
-    """The checkpoint transcripts are sampled from: generation.checkpoint, else the reference."""
-    return cfg.checkpoint(cfg.generation.checkpoint or cfg.reference_label)
-
-
 def display_name(cfg: Study) -> str:
     """The name that fills {model_name}: configured, else the model id's last part."""
     if cfg.generation.model_display_name:
         return cfg.generation.model_display_name
-    ckpt = generating_checkpoint(cfg)
+    ckpt = cfg.generating_checkpoint()
     return Path(ckpt.model).name if is_local(ckpt.model) else ckpt.model.rsplit("/", 1)[-1]
 
 
@@ -148,7 +132,7 @@ def build_requests(
     num_rollouts: int,
     seed: int,
     done: dict[str, set[tuple]] | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = WHOLE,
 ) -> list[Request]:
     """Every (role, system prompt, question) of this shard, marking the rollouts in `done`.
 
@@ -162,7 +146,7 @@ def build_requests(
             system = fill(system, model_name)
             for q in questions[role.name]:
                 pid = (role.name, spi, q.id)
-                if shard[1] > 1 and shard_of(pid, shard[1]) != shard[0]:
+                if shard.count > 1 and shard_of(pid, shard.count) != shard.index:
                     continue
                 written = frozenset(r for r in range(num_rollouts) if (spi, q.id, r) in have)
                 msgs = messages_for(system, q.question)

@@ -12,26 +12,25 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from persona_dynamics.config import Study
+from persona_dynamics.config import WHOLE, Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.base import Generator
 from persona_dynamics.generation.requests import (
+    Result,
     Sampling,
     build_requests,
     display_name,
-    generating_checkpoint,
     load_work,
 )
-from persona_dynamics.generation.store import (
+from persona_dynamics.jsonl import Appender
+from persona_dynamics.roles import questions_digest, roles_digest
+from persona_dynamics.transcripts import (
     check_manifest,
     part_path,
-    to_row,
     transcripts_dir,
     write_manifest,
     written_keys,
 )
-from persona_dynamics.jsonl import Appender
-from persona_dynamics.roles import questions_digest, roles_digest
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def resolve_backend(backend: str) -> str:
 
 def make_generator(cfg: Study, backend: str) -> Generator:
     """The sampling backend of a study's generating checkpoint."""
-    gen, ckpt = cfg.generation, generating_checkpoint(cfg)
+    gen, ckpt = cfg.generation, cfg.generating_checkpoint()
     if backend == "hf":
         from persona_dynamics.generation.hf import HFGenerator
 
@@ -64,9 +63,24 @@ def make_generator(cfg: Study, backend: str) -> Generator:
     return ServedGenerator(ckpt, gen)
 
 
-def run_generate(cfg: Study, shard: tuple[int, int] = (0, 1)) -> Path:
-    """Generate the study's transcripts (this shard's part of them); return their directory."""
-    gen, ckpt = cfg.generation, generating_checkpoint(cfg)
+def to_row(result: Result) -> dict:
+    """The transcript row of one result, as DESIGN.md's contract (the role is the file)."""
+    _, spi, qi = result.request.id
+    return {
+        "system_prompt_idx": spi,
+        "question_idx": qi,
+        "rollout_idx": result.rollout,
+        "messages": list(result.request.messages),
+        "response": result.response,
+        "finish_reason": result.finish_reason,
+        "n_tokens": result.n_tokens,
+    }
+
+
+def run_generate(cfg: Study) -> Path:
+    """Generate the study's transcripts (generation.shard's part); return their directory."""
+    gen, ckpt = cfg.generation, cfg.generating_checkpoint()
+    shard = gen.shard or WHOLE
     out = transcripts_dir(cfg)
     roles, questions = load_work(cfg)
     name = display_name(cfg)

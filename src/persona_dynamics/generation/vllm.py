@@ -15,7 +15,7 @@ from persona_dynamics.chat import template_hash
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError, require
 from persona_dynamics.generation.requests import Request, Result, Sampling, encode_prompt
-from persona_dynamics.models import is_local, load_tokenizer, resolve_commit
+from persona_dynamics.models import is_local, load_tokenizer, resolve_commit, unresolved
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ class VLLMGenerator:
                 "generate from the base weights or use backend 'hf'"
             )
         self.ckpt = ckpt
-        self.tokenizer = load_tokenizer(ckpt.model, ckpt.revision)
+        self.commit = resolve_commit(ckpt.model, ckpt.revision)  # once: everything loads at it
+        revision = None if is_local(ckpt.model) else (self.commit or ckpt.revision)
+        self.tokenizer = load_tokenizer(ckpt.model, revision or ckpt.revision)
         self.template = template_hash(self.tokenizer)
-        revision = None if is_local(ckpt.model) else ckpt.revision
         self.llm = self.vllm.LLM(
             model=ckpt.model,
             revision=revision,
@@ -78,13 +79,14 @@ class VLLMGenerator:
             max_model_len=max_model_len,
             enable_prefix_caching=True,
         )
+        unresolved(ckpt.model, ckpt.revision, self.commit)
 
     def info(self) -> dict:
         return {
             "backend": self.name,
             "model": self.ckpt.model,
             "revision": self.ckpt.revision,
-            "commit": resolve_commit(self.ckpt.model, self.ckpt.revision),
+            "commit": self.commit,
             "chat_template_hash": self.template,
             "vllm_version": self.vllm.__version__,
         }

@@ -1,11 +1,11 @@
 """A run's analysis files read back as plain Python: dicts, lists of rows and small numpy arrays.
 
 `load_run(dir)` reads what `analyze` and `compare` wrote (the formats are documented at the top of
-`persona_dynamics.analysis`): space.h5 (only the small per-layer arrays, never the role vectors'
-full width), summary.json, and when present dynamics.json, dynamics.csv, labels.csv,
-across/*.json, and the adapter placements of `adapters.place` (adapters.csv,
-adapters_nearest.csv). The helpers below turn them into the series the plots and tables draw, so the
-HTML report and the notebook show the same numbers.
+`persona_dynamics.analysis` and `persona_dynamics.spacefile`): space.h5 through its one reader
+(only the small per-layer arrays, never the role vectors' full width), summary.json, and when
+present dynamics.json, dynamics.csv, labels.csv, across/*.json, and the adapter placements of
+`adapters.place` (adapters.csv, adapters_nearest.csv). The helpers below turn them into the series
+the plots and tables draw, so the HTML report and the notebook show the same numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.roles import DEFAULT
+from persona_dynamics.spacefile import read_space
 
 TEXT = {"space", "label", "vector", "role", "statistic", "base", "text"}
 INTS = {"stage", "layer", "category", "n_samples", "rank"}
@@ -148,41 +149,25 @@ def read_rows(path: Path) -> list[dict]:
         return [{k: _cell(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def _plain(value):
-    value = value.tolist() if hasattr(value, "tolist") else value
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _spaces(path: Path) -> tuple[dict, dict[int, LayerSpace]]:
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        meta = {k: _plain(v) for k, v in h5.attrs.items()}
-        names = list(h5["names"].asstr()[:-1])
-        roles = list(h5["roles"].asstr()[:-1])
-        categories, counts = h5["categories"][:-1], h5["counts"][:-1]
-        spaces = {}
-        for layer in meta["layers"]:
-            g = h5[f"layer_{layer}"]
-            stats = {
-                k: (float(v), float(g.attrs[f"{k}_lo"]), float(g.attrs[f"{k}_hi"]))
-                for k, v in g.attrs.items()
-                if not k.endswith(("_lo", "_hi"))
-            }
-            spaces[int(layer)] = LayerSpace(
-                layer=int(layer),
-                names=names,
-                roles=roles,
-                categories=categories,
-                counts=counts,
-                explained_variance_ratio=g["explained_variance_ratio"][:],
-                projections=g["projections"][:],
-                axis_projections=g["axis_projections"][:],
-                default_projection=g["default_projection"][:],
-                default_axis=float((g["default"][:] - g["mean"][:]) @ g["axis_unit"][:]),
-                stats=stats,
-            )
-    return meta, spaces
+    saved = read_space(path)
+    spaces = {
+        layer: LayerSpace(
+            layer=layer,
+            names=saved.names,
+            roles=saved.roles,
+            categories=saved.categories,
+            counts=saved.counts,
+            explained_variance_ratio=g.explained_variance_ratio,
+            projections=g.projections,
+            axis_projections=g.axis_projections,
+            default_projection=g.default_projection,
+            default_axis=g.default_axis,
+            stats=g.stats,
+        )
+        for layer, g in saved.per_layer.items()
+    }
+    return saved.attrs, spaces
 
 
 # --- series for plots and tables -----------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.files import write_text
 from persona_dynamics.report import data, plots
 from persona_dynamics.report.data import Run
 
@@ -78,10 +78,7 @@ def write_report(run: Run, out: Path, layer: int | None = None, png: bool = True
     if png:
         for key, fig in tqdm(figures.items(), desc="png", leave=False):
             plots.write_png(fig, out / "png" / f"{key}.png")
-    path = out / "report.html"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render(run, layer, figures), encoding="utf-8")
-    os.replace(tmp, path)
+    path = write_text(out / "report.html", render(run, layer, figures))
     log.info("report: wrote %s", path)
     return path
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from persona_dynamics import roles
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.jsonl import write_atomic
+from persona_dynamics.files import write_json
 from persona_dynamics.judge import judge_prompt
 from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME, SCORE_MIX, Corpus, Source
 from persona_dynamics.toy.measure import measure
@@ -126,6 +125,6 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
         "build_seconds": round(time.perf_counter() - t0, 1),
         "build_cpu_seconds": round(time.process_time() - c0, 1),
     }
-    write_atomic(out / "toy.json", json.dumps(truth, indent=1) + "\n")
+    write_json(out / "toy.json", truth)
     log.info("toy: built %s (%s)", out, took())
     return ToyFamily.load(out)

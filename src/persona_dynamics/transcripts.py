@@ -1,9 +1,11 @@
-"""The transcript store: one append-only JSONL file per role (per shard), plus a manifest.
+"""The transcript file contract every stage shares: layout, part files, reader, digest, manifest.
 
-`<output_root>/transcripts/<run>/<model>/<revision or label>/<role>.jsonl`; a shard I of N writes
-`<role>.shard-I-of-N.jsonl` beside it, and readers merge every part of a role by key. The manifest
-records how the transcripts were sampled; a later run into the same directory must sample the same
-way (same model, backend, sampling parameters, seed, template) or is refused, naming what differs.
+`<output_root>/transcripts/<run>/<model>/<revision or label>/<role>.jsonl`, one append-only JSONL
+file per role; a shard I of N writes `<role>.shard-I-of-N.jsonl` beside it, and readers merge every
+part of a role by key. The manifest records how the transcripts were sampled; a later run into the
+same directory must sample the same way (same model, backend, sampling parameters, seed, template)
+or is refused, naming what differs. `generate` writes these files; `judge`, `capture` and the
+adapters' own-text read them through this module alone.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import time
 from pathlib import Path
 
 from persona_dynamics import __version__
-from persona_dynamics.config import Study, safe_name
+from persona_dynamics.config import WHOLE, Shard, Study, safe_name
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.requests import Result, generating_checkpoint
-from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows, write_atomic
+from persona_dynamics.files import write_json
+from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows
 from persona_dynamics.models import is_local
 from persona_dynamics.roles import digest
 
@@ -37,21 +39,21 @@ FIXED = (
 
 def transcripts_dir(cfg: Study) -> Path:
     """Where the generating checkpoint's transcripts of this run live."""
-    ckpt = generating_checkpoint(cfg)
+    ckpt = cfg.generating_checkpoint()
     if is_local(ckpt.model):
         model, rev = Path(ckpt.model).name, ckpt.label
     else:
         model, rev = safe_name(ckpt.model), safe_name(ckpt.revision)
     if ckpt.adapter:  # an adapter's own text never mixes with its base's
         rev = ckpt.label
-    return cfg.path("transcripts") / model / rev
+    return cfg.path("transcripts", model, rev)
 
 
-def part_path(directory: Path, role: str, shard: tuple[int, int] = (0, 1)) -> Path:
+def part_path(directory: Path, role: str, shard: Shard = WHOLE) -> Path:
     """The file a (role, shard) appends to."""
-    if shard[1] == 1:
+    if shard.count == 1:
         return directory / f"{role}.jsonl"
-    return directory / f"{role}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    return directory / f"{role}.shard-{shard.index}-of-{shard.count}.jsonl"
 
 
 def role_parts(directory: Path) -> dict[str, list[Path]]:
@@ -68,20 +70,6 @@ def written_keys(directory: Path, role: str) -> set[tuple]:
     for p in role_parts(directory).get(role, []):
         out |= existing_keys(p)
     return out
-
-
-def to_row(result: Result) -> dict:
-    """The transcript row of one result, as DESIGN.md's contract (the role is the file)."""
-    _, spi, qi = result.request.id
-    return {
-        "system_prompt_idx": spi,
-        "question_idx": qi,
-        "rollout_idx": result.rollout,
-        "messages": list(result.request.messages),
-        "response": result.response,
-        "finish_reason": result.finish_reason,
-        "n_tokens": result.n_tokens,
-    }
 
 
 def read_transcripts(directory: str | Path, roles: list[str] | None = None) -> list[dict]:
@@ -164,4 +152,4 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
         "package_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return write_atomic(directory / MANIFEST, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return write_json(directory / MANIFEST, out, indent=2, sort_keys=True)

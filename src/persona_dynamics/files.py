@@ -1,0 +1,84 @@
+"""The one way small result files are written: whole, under a temporary name, then renamed.
+
+A reader (or a killed writer's next run) never sees half a text, JSON or CSV file. JSON values
+are made plain first (numpy scalars and arrays unwrapped, NaN and inf as null), and `plain` turns
+an HDF5 attribute back into a plain Python value for every reader of the suite's HDF5 files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically: a temporary name beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def jsonable(obj):
+    """Plain JSON values: numpy scalars and arrays unwrapped, NaN and inf as null."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, data: dict, *, indent: int = 1, sort_keys: bool = False) -> Path:
+    """Write JSON atomically (values made plain), one trailing newline."""
+    text = json.dumps(jsonable(data), indent=indent, sort_keys=sort_keys) + "\n"
+    return write_text(path, text)
+
+
+def write_table(path: str | Path, rows: Iterable[dict], parquet: bool = True) -> Path:
+    """Write rows as CSV atomically, and as parquet beside it when pyarrow is importable."""
+    path = Path(path)
+    rows = [jsonable(r) for r in rows]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    if not parquet:
+        return path
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # optional: the CSV is the contract, parquet a convenience
+        return path
+    target = path.with_suffix(".parquet")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, target)
+    return path
+
+
+def plain(value):
+    """An HDF5 attribute value as plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [plain(x) for x in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,175 @@
+"""Activation stores read for analysis: the checked stores, their rows' roles, scores and groups.
+
+What `analyze`, `compare` and `place` share when they read `activations/<run>/<label>.h5`: a
+store opened and refused when incomplete or per-token, the reference's role vectors (judge scores
+applied), the analyzed layers and the lead layer, and each layer streamed once into
+per-(question, vector) sums.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from tqdm import tqdm
+
+from persona_dynamics.config import Study
+from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.layers import middle as layer_middle
+from persona_dynamics.layers import resolve
+from persona_dynamics.roles import DEFAULT
+from persona_dynamics.space import Groups, GroupSums, make_groups
+from persona_dynamics.store import ActivationStore, activations_path
+
+log = logging.getLogger(__name__)
+
+UNSCORED_NOTE = "no judge scores: one vector per role from all of its samples"
+
+
+def open_store(cfg: Study, label: str) -> ActivationStore:
+    """A label's store, refusing incomplete and per-token ones."""
+    path = activations_path(cfg, label)
+    if not path.is_file():
+        raise PersonaDynamicsError(
+            f"{path}: no activations for '{label}'; run `persona-dynamics capture` first"
+        )
+    store = ActivationStore.open(path)
+    if store.attrs.get("complete") is False:
+        store.close()
+        raise PersonaDynamicsError(f"{path}: incomplete store (capture not finished or merged)")
+    if store.ragged:
+        store.close()
+        raise PersonaDynamicsError(
+            f"{path}: per-token activations (aggregation 'none'); analysis needs 'mean' or 'last'"
+        )
+    return store
+
+
+def sample_roles(store: ActivationStore) -> np.ndarray:
+    """Role name of every row."""
+    return np.asarray(store.roles, dtype=object)[store.role_codes]
+
+
+def width(store: ActivationStore) -> int:
+    """Hidden size of the stored activations."""
+    return store.layer(store.layers[0], rows=[0]).shape[1]
+
+
+def check_same_samples(ref: ActivationStore, store: ActivationStore) -> None:
+    """Refuse a label whose transcripts, tokens, hidden size or rows differ from the reference's."""
+    for attr in ("transcripts_digest", "tokens_digest"):
+        a, b = ref.attrs.get(attr), store.attrs.get(attr)
+        if a != b:
+            raise PersonaDynamicsError(
+                f"{store.path}: {attr} {b} differs from the reference's {a} ({ref.path}); "
+                "every label must be captured on the same transcripts and tokens"
+            )
+    if width(store) != width(ref):
+        raise PersonaDynamicsError(
+            f"{store.path}: hidden size {width(store)} differs from the reference's "
+            f"{width(ref)} ({ref.path}); compare other models with --across-models"
+        )
+    same = len(store) == len(ref) and all(
+        np.array_equal(getattr(store, f), getattr(ref, f))
+        for f in ("system_prompt_idx", "question_idx", "rollout_idx")
+    )
+    if not same or not np.array_equal(sample_roles(store), sample_roles(ref)):
+        raise PersonaDynamicsError(
+            f"{store.path}: its {len(store)} samples differ from the reference's {len(ref)} "
+            f"({ref.path}); capture every label from the same transcripts"
+        )
+
+
+def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
+    """Judge score of every row (NaN when none, and for default rows), or None without a judge."""
+    from persona_dynamics.judge import load_scores
+
+    if cfg.judge is None:
+        log.warning("%s; add a [judge] section and run `judge` to filter by role expression",
+                    UNSCORED_NOTE)  # fmt: skip
+        return None
+    table = load_scores(cfg.path("scores"))
+    if not table:
+        raise PersonaDynamicsError(
+            f"{cfg.path('scores')}: no scores; run `persona-dynamics judge`, or drop [judge] "
+            "from the config to analyze without scores"
+        )
+    rows = zip(store.keys(), sample_roles(store), strict=True)
+    return np.array([np.nan if r == DEFAULT or table.get(k) is None else table[k] for k, r in rows])
+
+
+def sample_groups(cfg: Study, store: ActivationStore) -> Groups:
+    """The role vectors of the study, from the reference store's rows and the judge's scores."""
+    a = cfg.analysis
+    try:
+        groups = make_groups(
+            sample_roles(store),
+            sample_scores(cfg, store),
+            a.score_categories,
+            a.axis_category,
+            a.min_samples,
+            usable=store.n_tokens > 0,
+        )
+    except PersonaDynamicsError as exc:
+        raise PersonaDynamicsError(located(store.path, str(exc))) from None
+    empty = int((store.n_tokens == 0).sum())
+    if empty:
+        log.warning("%d sample(s) with an empty response carry no activation; left out", empty)
+    for d in groups.dropped:
+        log.info("dropped vector %s: %s", d["name"], d["reason"])
+    lost = left_out(groups)
+    if lost:
+        log.warning(
+            "%d role(s) have no vector with %d samples and are left out: %s",
+            len(lost), a.min_samples, ", ".join(lost),
+        )  # fmt: skip
+    return groups
+
+
+def left_out(groups: Groups) -> list[str]:
+    """Roles without any kept vector."""
+    return sorted({d["role"] for d in groups.dropped} - set(groups.roles))
+
+
+def analyzed_layers(cfg: Study, store: ActivationStore) -> tuple[list[int], int]:
+    """The layers to analyze (analysis.layers, else all captured) and the lead layer (default:
+    the middle one)."""
+    spec, n = cfg.analysis.layers, store.attrs.get("n_layers")
+    depth = int(n) if n else max(store.layers) + 1  # a store that lacks its model's depth
+    layers = resolve(spec, depth, "analysis.layers") if spec else sorted(store.layers)
+    missing = [x for x in layers if x not in store.layers]
+    if missing:
+        raise PersonaDynamicsError(
+            f"{store.path}: layer(s) {missing} not captured (captured: {store.layers})"
+        )
+    lead = cfg.analysis.lead_layer
+    if lead is not None:
+        if lead not in layers:
+            raise PersonaDynamicsError(
+                f"analysis.lead_layer {lead} is not an analyzed layer (analyzed: {layers})"
+            )
+        return layers, lead
+    middle = layer_middle(int(n)) if n else layers[len(layers) // 2]
+    lead = min(layers, key=lambda x: (abs(x - middle), x))
+    if lead != middle:
+        log.warning("the middle layer %d was not analyzed; leading with layer %d", middle, lead)
+    return layers, lead
+
+
+def layer_sums(
+    store: ActivationStore, layer: int, index: np.ndarray, n_groups: int, questions: np.ndarray
+) -> GroupSums:
+    """Stream a store's layer into per-(question, vector) sums; `index` maps rows to vectors."""
+    sums = GroupSums(questions, n_groups, width(store))
+    for rows, x in tqdm(store.iter_layer(layer), desc=f"layer {layer}", leave=False):
+        sums.add(index[rows], store.question_idx[rows], x)
+    return sums
+
+
+def stage_labels(cfg: Study) -> list[str]:
+    """Labels in stage order (checkpoint.stage, else position); capture.checkpoints narrows them."""
+    order = sorted(
+        enumerate(cfg.checkpoints), key=lambda ic: ic[0] if ic[1].stage is None else ic[1].stage
+    )
+    keep = set(cfg.capture.checkpoints) | {cfg.reference_label}
+    return [c.label for _, c in order if not cfg.capture.checkpoints or c.label in keep]

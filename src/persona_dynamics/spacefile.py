@@ -1,0 +1,229 @@
+"""space.h5, the reference persona space per layer: its one writer (`analyze`) and one reader.
+
+`write_space` streams one layer group at a time into a temporary file and renames it into place;
+`read_space` reads back everything but the full-width arrays' bulk (role vectors, components),
+for the comparison across models and for the report.
+
+Format
+------
+root attrs: run, reference, model, revision, commit, n_layers, hidden_size, layers (analyzed),
+  lead_layer, scored, note, score_categories, axis_category, min_samples, n_components,
+  target (0.70), bootstrap (B), seed, level (0.95), transcripts_digest, tokens_digest, version.
+root datasets: names (G,) vector names (`role@score`, or `role` unscored), `default` last;
+  roles (G,); categories (G,) judge score, -1 for default and unscored vectors; counts (G,)
+  samples per vector; questions (Q,) question ids (the bootstrap unit); weights (B, Q) each
+  replicate's question multiplicities.
+group `layer_<i>` per analyzed layer i (zero-based block index); V = G - 1 role vectors in
+`names` order, k components:
+  datasets vectors (V, d), default (d,), mean (d,) (mean role vector), components (k, d),
+    explained_variance (k,), explained_variance_ratio (k,), axis (d,) raw, axis_unit (d,),
+    projections (V, k), axis_projections (V,), loadings (V, k) (cosine of each centered role
+    vector with each PC), default_projection (k,), default_position (k,),
+    boot_loadings (B, V, 3) (replicates' loadings on PC1..3, NaN where a vector is missing);
+  attrs: for each statistic s of `space.statistics` (n_vectors, pc1_variance, cos_pc1_axis,
+    abs_cos_pc1_axis, n_pcs_target, axis_norm, position_pc1..10, extreme_distance_pc1..10):
+    s, s_lo, s_hi (point estimate and bootstrap interval).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from persona_dynamics import __version__
+from persona_dynamics.config import Study
+from persona_dynamics.dynamics import LOADING_PCS, Reference, summarize
+from persona_dynamics.files import plain
+from persona_dynamics.readers import UNSCORED_NOTE, width
+from persona_dynamics.space import Frame, Groups
+from persona_dynamics.store import ActivationStore
+
+LEVEL = 0.95  # bootstrap intervals
+TARGET = 0.70  # variance the `n_pcs_target` statistic counts PCs up to
+
+Fit = tuple[int, Frame, Reference, dict[str, np.ndarray]]  # layer, point frame, frames, statistics
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def write_space(
+    path: Path,
+    cfg: Study,
+    store: ActivationStore,
+    groups: Groups,
+    layers: list[int],
+    lead: int,
+    questions: np.ndarray,
+    weights: np.ndarray,
+    fits: Iterable[Fit],
+) -> Path:
+    """Write space.h5 atomically: the root from the reference store, then each fitted layer."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            _root(h5, cfg, store, groups, layers, lead, questions, weights)
+            for layer, point, ref, stats in fits:
+                _layer(h5.create_group(f"layer_{layer}"), point, ref, stats)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _root(h5, cfg: Study, store, groups: Groups, layers, lead, questions, weights) -> None:
+    a = cfg.analysis
+    attrs = {
+        "run": cfg.run_name,
+        "reference": cfg.reference_label,
+        "model": store.attrs.get("model"),
+        "revision": store.attrs.get("revision"),
+        "commit": store.attrs.get("commit"),
+        "n_layers": store.attrs.get("n_layers"),
+        "hidden_size": width(store),
+        "layers": np.array(layers),
+        "lead_layer": lead,
+        "scored": groups.scored,
+        "note": "" if groups.scored else UNSCORED_NOTE,
+        "score_categories": np.array(a.score_categories),
+        "axis_category": a.axis_category,
+        "min_samples": a.min_samples,
+        "n_components": a.n_components,
+        "target": TARGET,
+        "bootstrap": a.bootstrap,
+        "seed": a.seed,
+        "level": LEVEL,
+        "transcripts_digest": store.attrs.get("transcripts_digest"),
+        "tokens_digest": store.attrs.get("tokens_digest"),
+        "version": __version__,
+    }
+    h5.attrs.update({k: v for k, v in attrs.items() if v is not None})
+    h5["names"] = np.array(groups.names, dtype=object)
+    h5["roles"] = np.array(groups.roles, dtype=object)
+    h5["categories"] = groups.categories
+    h5["counts"] = groups.counts()
+    h5["questions"] = questions
+    h5["weights"] = weights
+
+
+def _layer(g, point: Frame, ref: Reference, stats: dict[str, np.ndarray]) -> None:
+    sp = point.space
+    roles = point.vectors[:-1]
+    f32 = {
+        "vectors": roles,
+        "default": point.vectors[-1],
+        "mean": sp.mean_,
+        "components": sp.components_,
+        "axis": sp.axis_,
+        "axis_unit": sp.axis_unit_,
+        "boot_loadings": ref.loading_array()[1:],
+    }
+    f64 = {
+        "explained_variance": sp.explained_variance_,
+        "explained_variance_ratio": sp.explained_variance_ratio_,
+        "projections": sp.projections_,
+        "axis_projections": sp.project_axis(roles),
+        "loadings": sp.loadings(roles),
+        "default_projection": sp.default_projection_,
+        "default_position": sp.default_position_,
+    }
+    for name, value in f32.items():
+        g.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+    for name, value in f64.items():
+        g.create_dataset(name, data=np.asarray(value, dtype=np.float64))
+    for name, values in stats.items():
+        value, lo, hi = summarize(values, LEVEL)
+        g.attrs[name], g.attrs[f"{name}_lo"], g.attrs[f"{name}_hi"] = value, lo, hi
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpaceLayer:
+    """One analyzed layer as read back: the role vectors' coordinates and the space's statistics."""
+
+    explained_variance_ratio: np.ndarray  # (k,)
+    projections: np.ndarray  # (V, k) coordinates on the PCs
+    axis_projections: np.ndarray  # (V,) p(v) on the Assistant Axis
+    default_projection: np.ndarray  # (k,)
+    default_axis: float  # p(default) = (default - mean) . unit axis
+    loadings: np.ndarray  # (1 + B, V, LOADING_PCS): point estimate, then replicates; NaN padded
+    stats: dict[str, tuple[float, float, float]]  # statistic -> (value, lo, hi)
+
+
+@dataclass
+class SavedSpace:
+    """A space.h5 read back; `names` etc. are the role vectors (the default's row left out)."""
+
+    path: Path
+    attrs: dict  # root attributes, as plain values
+    names: list[str]
+    roles: list[str]
+    categories: np.ndarray  # judge score of each vector, -1 unscored
+    counts: np.ndarray  # samples per vector
+    questions: np.ndarray  # (Q,) question ids
+    weights: np.ndarray  # (B, Q) replicate multiplicities
+    per_layer: dict[int, SpaceLayer]
+
+    @property
+    def layers(self) -> list[int]:
+        """The analyzed layers, in the file's order."""
+        return list(self.per_layer)
+
+    @property
+    def lead(self) -> int:
+        """The lead layer."""
+        return int(self.attrs["lead_layer"])
+
+    @property
+    def n_layers(self) -> int:
+        """Blocks of the model (recorded; else one past the deepest analyzed layer)."""
+        return self.attrs.get("n_layers") or (max(self.layers) + 1)
+
+    def depth(self, layer: int) -> float:
+        """Relative depth of a layer: (layer + 1) / number of layers."""
+        return (layer + 1) / self.n_layers
+
+
+def read_space(path: Path) -> SavedSpace:
+    """Read a space.h5: root attrs and vector tables, and each layer's small arrays and stats."""
+    with h5py.File(path, "r") as h5:
+        attrs = {k: plain(v) for k, v in h5.attrs.items()}
+        per_layer = {int(layer): _read_layer(h5[f"layer_{layer}"]) for layer in attrs["layers"]}
+        return SavedSpace(
+            path=Path(path),
+            attrs=attrs,
+            names=list(h5["names"].asstr()[:-1]),
+            roles=list(h5["roles"].asstr()[:-1]),
+            categories=h5["categories"][:-1],
+            counts=h5["counts"][:-1],
+            questions=h5["questions"][:],
+            weights=h5["weights"][:],
+            per_layer=per_layer,
+        )
+
+
+def _read_layer(g) -> SpaceLayer:
+    point = g["loadings"][:, :LOADING_PCS]
+    point = np.pad(point, ((0, 0), (0, LOADING_PCS - point.shape[1])), "constant",
+                   constant_values=np.nan)  # fmt: skip
+    stats = {
+        k: (float(v), float(g.attrs[f"{k}_lo"]), float(g.attrs[f"{k}_hi"]))
+        for k, v in g.attrs.items()
+        if not k.endswith(("_lo", "_hi"))
+    }
+    return SpaceLayer(
+        explained_variance_ratio=g["explained_variance_ratio"][:],
+        projections=g["projections"][:],
+        axis_projections=g["axis_projections"][:],
+        default_projection=g["default_projection"][:],
+        default_axis=float((g["default"][:] - g["mean"][:]) @ g["axis_unit"][:]),
+        loadings=np.concatenate([point[None], g["boot_loadings"][:]]),
+        stats=stats,
+    )
