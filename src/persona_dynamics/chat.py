@@ -2,8 +2,8 @@
 
 Generation renders prompts here, capture renders prompt + response here, so the text a model was
 asked with and the text it is read back with are the same string. The response span follows
-DESIGN.md's rule: a token belongs to the response when its character offsets lie inside the
-response text; a token that straddles the header/response boundary is out.
+docs/definitions.md's rule: a token belongs to the response when its character offsets lie inside
+the response text; a token that straddles the header/response boundary is out.
 """
 
 from __future__ import annotations

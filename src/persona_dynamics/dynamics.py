@@ -1,6 +1,6 @@
 """Movement across checkpoints: every label's vectors seen from the reference label's space.
 
-Definitions (DESIGN.md, "Definitions"):
+Definitions (docs/definitions.md):
 
 - Projection of a vector v: p(v) = (v - mu_ref) . u_ref, with mu_ref the reference's mean role
   vector and u_ref its unit Assistant Axis (raw activation units); coordinates on the reference's

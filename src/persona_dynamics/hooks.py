@@ -1,11 +1,11 @@
 """Forward hooks on decoder blocks: the one way the suite reaches into a model's residual stream.
 
-DESIGN.md's layer rule: layer i is the output of decoder block i (the block's own output, never
-`output_hidden_states[-1]`, which has the final norm applied). `on_blocks` calls a function with
-chosen blocks' outputs while a forward runs, optionally stops the forward after one of them, and
-always removes its hooks. The capture backends, their oracle and the toy organism read through it;
-interventions that edit a block's output at chosen layers register the same way. `Reducer` is the
-capture's in-hook reduction: response tokens to one float32 vector per sample, while the forward
+docs/definitions.md's layer rule: layer i is the output of decoder block i (the block's own output,
+never `output_hidden_states[-1]`, which has the final norm applied). `on_blocks` calls a function
+with chosen blocks' outputs while a forward runs, optionally stops the forward after one of them,
+and always removes its hooks. The capture backends, their oracle and the toy organism read through
+it; interventions that edit a block's output at chosen layers register the same way. `Reducer` is
+the capture's in-hook reduction: response tokens to one float32 vector per sample, while the forward
 runs, so all layers x tokens x hidden never exist at once.
 """
 

@@ -1,11 +1,11 @@
 """The role-expression judge: score every role transcript 0-3 with an LLM, robustly and resumably.
 
-Scale (DESIGN.md): 0 refused, 1 says it can't be the role but helps, 2 partly in role (still says
-it is an AI), 3 fully in role. The judge sees the role's rubric (`eval_prompt`), the question and
-the response; an answer it gives in a form we cannot read is stored as `null` with the raw text,
-never guessed. Backends: any OpenAI-compatible endpoint through the shared async client, or a
-local model through the project's own generation backends. Answers are cached by (judge model,
-prompt hash), so a re-run costs nothing; scored keys are skipped, so a killed run loses nothing.
+Scale (docs/contracts.md): 0 refused, 1 says it can't be the role but helps, 2 partly in role (still
+says it is an AI), 3 fully in role. The judge sees the role's rubric (`eval_prompt`), the question
+and the response; an answer it gives in a form we cannot read is stored as `null` with the raw text,
+never guessed. Backends: any OpenAI-compatible endpoint through the shared async client, or a local
+model through the project's own generation backends. Answers are cached by (judge model, prompt
+hash), so a re-run costs nothing; scored keys are skipped, so a killed run loses nothing.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class LocalJudge:
     """A judge model run offline by the project's generation backend (vllm on CUDA, else hf)."""
 
     def __init__(self, jcfg: Judge, device: str = "auto"):
-        from persona_dynamics.generation.run import resolve_backend
+        from persona_dynamics.generation.base import resolve_backend
 
         self.jcfg = jcfg
         ckpt = Checkpoint(label="judge", model=jcfg.model, revision=jcfg.revision)

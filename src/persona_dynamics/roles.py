@@ -1,9 +1,9 @@
 """Role instruction files and the shared question set: load, validate, digest.
 
-The schema is that of the published Assistant Axis role set (DESIGN.md, "Roles"), so a user can
-point the suite at that set or at their own directory in the same shape. The suite's own set ships
-inside the package (`shipped_dir`, `shipped_questions`), so an installed wheel finds it from any
-working directory.
+The schema is that of the published Assistant Axis role set (docs/contracts.md, "Roles"), so a user
+can point the suite at that set or at their own directory in the same shape. The suite's own set
+ships inside the package (`shipped_dir`, `shipped_questions`), so an installed wheel finds it from
+any working directory.
 """
 
 from __future__ import annotations

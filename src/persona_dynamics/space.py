@@ -1,6 +1,6 @@
 """The persona space: role vectors, a PCA over them, and the Assistant Axis (pure math, no I/O).
 
-Definitions (DESIGN.md, "Definitions"; the Assistant Axis paper, Lu et al.):
+Definitions (docs/definitions.md; the Assistant Axis paper, Lu et al.):
 
 - A *vector* is the mean response activation of one role over the samples of one judge category:
   `pirate@3` (fully in role) and `pirate@2` (somewhat), each kept with at least `min_samples`
@@ -258,7 +258,7 @@ class PersonaSpace:
         return (np.asarray(x, dtype=np.float64) - self.mean_) @ self.components_.T
 
     def project_axis(self, x: np.ndarray) -> np.ndarray:
-        """DESIGN.md's p(v) = (v - mean) . unit axis, in raw activation units; (n,) or scalar."""
+        """p(v) = (v - mean) . unit axis (docs/definitions.md), in raw units; (n,) or scalar."""
         return (np.asarray(x, dtype=np.float64) - self.mean_) @ self.axis_unit_
 
     def loadings(self, x: np.ndarray) -> np.ndarray:

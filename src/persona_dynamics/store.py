@@ -1,9 +1,9 @@
 """The HDF5 activation store: one file per checkpoint or adapter, read one layer at a time.
 
-Layout (DESIGN.md, "Activations"): dataset `acts` (n, layers, hidden) chunked as (rows, 1, hidden)
-so one layer of many samples is one run of chunks; per-row key datasets `role` (codes into the
-`roles` attr), `system_prompt_idx`, `question_idx`, `rollout_idx`, `n_tokens`; rows sorted by key.
-Aggregation `none` keeps per-token activations instead: `tokens` (total, layers, hidden) and
+Layout (docs/contracts.md, "Activations"): dataset `acts` (n, layers, hidden) chunked as (rows, 1,
+hidden) so one layer of many samples is one run of chunks; per-row key datasets `role` (codes into
+the `roles` attr), `system_prompt_idx`, `question_idx`, `rollout_idx`, `n_tokens`; rows sorted by
+key. Aggregation `none` keeps per-token activations instead: `tokens` (total, layers, hidden) and
 `offsets` (n + 1,), sample i owning `tokens[offsets[i]:offsets[i + 1]]`.
 
 Files are written whole, under a temporary name, then renamed: a reader never sees half a file.

@@ -1,8 +1,8 @@
 """Capture backends: run a batch through a model and reduce chosen blocks' outputs per sample.
 
-All three read the residual stream after decoder block `i` (DESIGN.md's layer rule, hooks.py) and
-reduce it in float32 over the response tokens while the forward runs (`hooks.Reducer`). They run
-the decoder alone (no LM head) and stop after the highest layer asked.
+All three read the residual stream after decoder block `i` (docs/definitions.md's layer rule,
+hooks.py) and reduce it in float32 over the response tokens while the forward runs
+(`hooks.Reducer`). They run the decoder alone (no LM head) and stop after the highest layer asked.
 
 - `hooks`: plain PyTorch forward hooks; the default and the fastest.
 - `nnsight`: the same reading through an nnsight 0.8 trace (the path to interventions, remote).

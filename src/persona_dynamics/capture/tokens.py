@@ -1,7 +1,7 @@
 """Tokenize transcripts once, with the reference checkpoint's tokenizer and chat format.
 
-The same token ids then go to every checkpoint and adapter (DESIGN.md: tokens digest), so only
-the weights differ between labels. Ids are kept as int32 arrays: a Python list of ints costs
+The same token ids then go to every checkpoint and adapter (docs/contracts.md: tokens digest), so
+only the weights differ between labels. Ids are kept as int32 arrays: a Python list of ints costs
 about ten times the memory, and a paper-scale run holds ~130M tokens.
 """
 

@@ -24,3 +24,15 @@ class Generator(Protocol):
     def close(self) -> None:
         """Release the model or connections."""
         ...
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' is vllm where CUDA and vllm are both present, else hf."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    return "vllm" if torch.cuda.is_available() and has_vllm else "hf"

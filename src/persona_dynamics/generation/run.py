@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from persona_dynamics.config import WHOLE, Study
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.base import Generator
+from persona_dynamics.generation.base import Generator, resolve_backend
 from persona_dynamics.generation.requests import (
     Result,
     Sampling,
@@ -35,18 +35,6 @@ from persona_dynamics.transcripts import (
 log = logging.getLogger(__name__)
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' is vllm where CUDA and vllm are both present, else hf."""
-    if backend != "auto":
-        return backend
-    import importlib.util
-
-    import torch
-
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    return "vllm" if torch.cuda.is_available() and has_vllm else "hf"
-
-
 def make_generator(cfg: Study, backend: str) -> Generator:
     """The sampling backend of a study's generating checkpoint."""
     gen, ckpt = cfg.generation, cfg.generating_checkpoint()
@@ -64,7 +52,7 @@ def make_generator(cfg: Study, backend: str) -> Generator:
 
 
 def to_row(result: Result) -> dict:
-    """The transcript row of one result, as DESIGN.md's contract (the role is the file)."""
+    """The transcript row of one result, as docs/contracts.md's contract (the role is the file)."""
     _, spi, qi = result.request.id
     return {
         "system_prompt_idx": spi,

@@ -33,7 +33,7 @@ def axis_report(means: dict[str, np.ndarray], fixed: list[Example], reference: s
     """Each checkpoint's roles and default on the reference checkpoint's Assistant Axis.
 
     `means` maps a label to the (n, hidden) response means of the `fixed` examples. Projections
-    follow DESIGN.md: p(v) = (v - mu_ref) . u_ref. `closed` is the fraction of the SFT
+    follow docs/definitions.md: p(v) = (v - mu_ref) . u_ref. `closed` is the fraction of the SFT
     role-to-Assistant gap that a stage's mean role projection has closed (the planted quantity).
     """
     names = [r for r in dict.fromkeys(e.role for e in fixed) if r != roles.DEFAULT]

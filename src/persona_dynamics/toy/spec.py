@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from persona_dynamics.layers import middle
+
 # LoRA settings sized for the toy model, for the persona-adapter stage.
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
@@ -44,7 +46,7 @@ class ToySpec:
     @property
     def layer(self) -> int:
         """The middle layer (zero-based block output): where the plant acts and analysis leads."""
-        return self.layers // 2
+        return middle(self.layers)
 
     def fractions(self) -> dict[str, float | None]:
         """Planted fraction of the SFT role-to-Assistant gap closed per stage (base: none)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Planted judge scores of the synthetic role-play responses (DESIGN.md's scale).
+# Planted judge scores of the synthetic role-play responses (docs/contracts.md, "Scores").
 FULL, PARTLY, HELPS, REFUSED = 3, 2, 1, 0
 
 
