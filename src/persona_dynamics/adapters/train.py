@@ -22,7 +22,7 @@ from persona_dynamics.chat import encode
 from persona_dynamics.config import Adapters, AdapterTraining, Checkpoint, Study
 from persona_dynamics.errors import PersonaDynamicsError, require
 from persona_dynamics.files import write_text
-from persona_dynamics.models import load_model, load_tokenizer, pick_device, resolve_commit
+from persona_dynamics.models import load_model, load_tokenizer, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ def train_adapter(cfg: Study, spec: AdapterTraining) -> Path:
     device = pick_device(opts.device)
     ref = cfg.checkpoint(cfg.reference_label)
     tok = load_tokenizer(ref.model, ref.revision)  # the chat format every stage reads text with
-    model = load_model(base, device, opts.dtype).model
+    loaded = load_model(base, device, opts.dtype)  # at one resolved commit, recorded below
+    model = loaded.model
     log.info(
         "training adapter %s on %s: %d examples from %d conversations (%d personas), %d held out",
         spec.name,
@@ -187,7 +188,7 @@ def train_adapter(cfg: Study, spec: AdapterTraining) -> Path:
         tok.save_pretrained(tmp)
         card = {
             "adapter": spec.name,
-            "base": {**_base(base), "commit": resolve_commit(base.model, base.revision)},
+            "base": {**_base(base), "commit": loaded.commit},
             "tokenizer": {"model": ref.model, "revision": ref.revision},
             "data": {
                 "files": [str(p) for p in spec.data],
