@@ -279,6 +279,7 @@ def test_across_models_by_loadings(tmp_path, data):
     assert (path.parent / "wide.csv").is_file()
 
 
+@pytest.mark.slow
 def test_cli_analyze_and_compare(tmp_path, data):
     cfg = study(tmp_path, data)
     toml = tmp_path / "study.toml"

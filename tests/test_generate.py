@@ -239,6 +239,7 @@ def test_hf_prompts_are_exactly_the_templated_messages(tiny_model_dir):
     assert all(r.finish_reason in ("stop", "length") and r.n_tokens <= 3 for r in out)
 
 
+@pytest.mark.slow
 def test_hf_text_depends_on_seed_not_on_batching(tiny_model_dir):
     ckpt = Checkpoint(label="tiny", model=str(tiny_model_dir))
     role = load_roles(ROLES_DIR, ["pirate"])[0]
@@ -260,6 +261,7 @@ def test_hf_text_depends_on_seed_not_on_batching(tiny_model_dir):
     assert greedy[("pirate", 0, 0, 0)] == greedy[("pirate", 0, 0, 1)]  # no noise at T=0
 
 
+@pytest.mark.slow
 def test_run_generate_end_to_end(tmp_path, tiny_model_dir):
     cfg = study(tmp_path, tiny_model_dir, num_rollouts=2)
     out = run_generate(cfg)
