@@ -227,8 +227,12 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_model_dir):
 
     run_capture(load(config(tmp_path / "whole")))  # one thread, as the subprocesses
     parts = tmp_path / "act" / "a.parts"
-    until = lambda: len(list(parts.glob("block-*.h5"))) >= 30  # noqa: E731
-    run_and_kill(["capture", str(config(tmp_path / "act"))], until=until, poll=0.005, env=env)
+    run_and_kill(
+        ["capture", str(config(tmp_path / "act"))],
+        until=lambda: len(list(parts.glob("block-*.h5"))) >= 30,
+        poll=0.005,
+        env=env,
+    )
     done = sorted(parts.glob("block-*.h5"))
     with ActivationStore.open(done[0]) as st:
         n_blocks = st.attrs["n_blocks"]
