@@ -1,7 +1,7 @@
 """Benchmark: judge requests per second through the shared async client against a local server.
 
-Starts the tests' OpenAI-compatible server (`tests/chat_server.py`) with a fixed answer delay,
-standing in for a judge model's latency, then sends the same judge prompts with 1 and with
+Starts the tests' OpenAI-compatible server (`tests/helpers/chat_server.py`) with a fixed answer
+delay, standing in for a judge model's latency, then sends the same judge prompts with 1 and with
 `--in-flight` requests in flight. Prints one JSON line.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from persona_dynamics.judge import judge_prompt
 from persona_dynamics.openai_client import Call, ChatClient
 
-SERVER = Path(__file__).resolve().parents[1] / "tests" / "chat_server.py"
+SERVER = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "chat_server.py"
 
 
 def rate(url: str, n: int, in_flight: int) -> float:

@@ -17,27 +17,27 @@ from persona_dynamics.adapters.place import (
     own_text_store,
     run_place,
 )
-from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.space import PersonaSpace
 from persona_dynamics.store import activations_path, write_store
+
+from helpers.study import make_study
 
 D, QUESTIONS, ROLES = 16, 12, ["r0", "r1", "r2", "r3", "r4", "r5"]
 ATTRS = {"transcripts_digest": "t", "tokens_digest": "k", "complete": True, "n_layers": 2}
 
 
 def config(root, **analysis):
-    return parse(
-        {
-            "run_name": "p",
-            "output_root": str(root),
-            "reference": "instruct",
-            "checkpoints": [
-                {"label": "instruct", "model": "org/m"},
-                {"label": "ada", "model": "org/m", "adapter": str(root / "ada")},
-            ],
-            "analysis": {"bootstrap": 40, "seed": 1, **analysis},
-        }
+    """The instruct reference and one adapter on it, placed with a short bootstrap."""
+    return make_study(
+        root,
+        run_name="p",
+        reference="instruct",
+        checkpoints=[
+            {"label": "instruct", "model": "org/m"},
+            {"label": "ada", "model": "org/m", "adapter": str(root / "ada")},
+        ],
+        analysis={"bootstrap": 40, "seed": 1, **analysis},
     )
 
 

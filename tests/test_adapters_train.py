@@ -19,10 +19,12 @@ from persona_dynamics.adapters.train import (
     sft_trainer,
     train_adapter,
 )
-from persona_dynamics.config import Adapters, parse
+from persona_dynamics.config import Adapters
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.models import load_model, load_tokenizer
 from persona_dynamics.toy import single_thread
+
+from helpers.study import make_study
 
 LINES = [
     "Arr, matey! The sea be calling and I answer with a grin.",
@@ -68,27 +70,24 @@ def one_thread():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("adapters")
-    return parse(
-        {
-            "run_name": "t",
-            "output_root": str(root / "out"),
-            "checkpoints": [{"label": "tiny", "model": str(tiny_model_dir)}],
-            "adapters": {
-                "device": "cpu",
-                "eval_max_tokens": 16,
-                "training": [
-                    {
-                        "name": "ada",
-                        "data": [str(p) for p in write_data(root)],
-                        "holdout": 0.34,
-                        "max_steps": 60,
-                        "batch_size": 4,
-                        "learning_rate": 5e-3,
-                        "max_length": 256,
-                    }
-                ],
-            },
-        }
+    return make_study(
+        root / "out",
+        checkpoints=[{"label": "tiny", "model": str(tiny_model_dir)}],
+        adapters={
+            "device": "cpu",
+            "eval_max_tokens": 16,
+            "training": [
+                {
+                    "name": "ada",
+                    "data": [str(p) for p in write_data(root)],
+                    "holdout": 0.34,
+                    "max_steps": 60,
+                    "batch_size": 4,
+                    "learning_rate": 5e-3,
+                    "max_length": 256,
+                }
+            ],
+        },
     )
 
 

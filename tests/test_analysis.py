@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from persona_dynamics.analysis import run_analyze, run_compare
-from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.readers import layer_sums
 from persona_dynamics.space import make_groups
 from persona_dynamics.store import ActivationStore, write_store
-from planted import planted
+
+from helpers.planted import planted
+from helpers.study import make_study
 
 LAYERS = [0, 2, 3]  # of a 4-layer model: 2 is the middle one, 1 is not captured
 SHIFT = {"sft": -2.0, "dpo": -1.0, "instruct": 0.0}  # role samples moved along the planted axis
@@ -37,14 +38,12 @@ def layered(p, acts):
 
 def study(tmp_path, p, judge=True, shift=SHIFT, run="t", hidden=None, **analysis):
     """Write one store per label (and judge scores) under tmp_path; return the config."""
-    cfg = parse(
-        {
-            "run_name": run,
-            "output_root": str(tmp_path),
-            "checkpoints": [{"label": k, "model": "toy"} for k in shift],
-            **({"judge": {"backend": "local", "model": "toy-judge"}} if judge else {}),
-            "analysis": {"bootstrap": 20, "n_components": 5} | analysis,
-        }
+    cfg = make_study(
+        tmp_path,
+        run_name=run,
+        checkpoints=[{"label": k, "model": "toy"} for k in shift],
+        **({"judge": {"backend": "local", "model": "toy-judge"}} if judge else {}),
+        analysis={"bootstrap": 20, "n_components": 5} | analysis,
     )
     roles = p.roles != "default"
     for label, delta in shift.items():
@@ -280,6 +279,7 @@ def test_across_models_by_loadings(tmp_path, data):
     assert (path.parent / "wide.csv").is_file()
 
 
+@pytest.mark.slow
 def test_cli_analyze_and_compare(tmp_path, data):
     cfg = study(tmp_path, data)
     toml = tmp_path / "study.toml"

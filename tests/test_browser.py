@@ -22,7 +22,8 @@ import pytest
 
 from persona_dynamics.report import write_report
 from persona_dynamics.report.data import load_run
-from report_run import build
+
+from helpers.planted_run import build
 
 CHROMIUM = ("chromium", "/usr/bin/chromium", "chromium-browser")
 PLOTS = [

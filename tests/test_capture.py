@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capture_helpers import TRANSCRIPT_ROWS
 from persona_dynamics.capture.backends import make_backend, reference_capture
 from persona_dynamics.capture.plan import collate, make_plan, padding_fraction, shard_blocks
 from persona_dynamics.capture.tokens import tokenize, tokens_digest
 from persona_dynamics.toy import single_thread
+
+from helpers.transcripts import TRANSCRIPT_ROWS
 
 
 @pytest.fixture(autouse=True)

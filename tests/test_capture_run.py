@@ -5,23 +5,24 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from capture_helpers import make_rows, write_transcripts
 from persona_dynamics.capture import merge, run_capture
 from persona_dynamics.capture.backends import reference_capture
 from persona_dynamics.capture.tokens import row_key, tokenize
-from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.store import ActivationStore, activations_path
 from persona_dynamics.toy import single_thread
+
+from helpers.cli import command
+from helpers.kill import run_and_kill
+from helpers.study import make_study
+from helpers.transcripts import make_rows, write_transcripts
 
 
 @pytest.fixture(autouse=True)
@@ -34,20 +35,17 @@ def one_thread():
 def study(tmp_path, model_dir, **capture):
     """A one-checkpoint study over the transcripts in tmp_path/tr, stores in tmp_path/act."""
     checkpoints = capture.pop("checkpoints", [{"label": "a", "model": str(model_dir)}])
-    return parse(
-        {
-            "run_name": "t",
-            "output_root": str(tmp_path / "out"),
-            "checkpoints": checkpoints,
-            "capture": {
-                "transcript_dir": str(tmp_path / "tr"),
-                "output_dir": str(tmp_path / "act"),
-                "layers": [1, 3],
-                "batch_tokens": 300,
-                "block_samples": 6,
-                **capture,
-            },
-        }
+    return make_study(
+        tmp_path / "out",
+        checkpoints=checkpoints,
+        capture={
+            "transcript_dir": str(tmp_path / "tr"),
+            "output_dir": str(tmp_path / "act"),
+            "layers": [1, 3],
+            "batch_tokens": 300,
+            "block_samples": 6,
+            **capture,
+        },
     )
 
 
@@ -210,10 +208,6 @@ def test_size_is_refused_up_front_when_the_disk_is_small(
     assert not (tmp_path / "act").exists()
 
 
-def capture_cmd(*args):
-    return [sys.executable, "-m", "persona_dynamics", *args]
-
-
 @pytest.mark.slow
 def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_model_dir):
     """Kill -9 a capture mid-run, rerun: the file equals an uninterrupted run's, bit for bit."""
@@ -233,18 +227,17 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_model_dir):
 
     run_capture(load(config(tmp_path / "whole")))  # one thread, as the subprocesses
     parts = tmp_path / "act" / "a.parts"
-    proc = subprocess.Popen(capture_cmd("capture", str(config(tmp_path / "act"))), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("block-*.h5"))) < 30:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_and_kill(
+        ["capture", str(config(tmp_path / "act"))],
+        until=lambda: len(list(parts.glob("block-*.h5"))) >= 30,
+        poll=0.005,
+        env=env,
+    )
     done = sorted(parts.glob("block-*.h5"))
     with ActivationStore.open(done[0]) as st:
         n_blocks = st.attrs["n_blocks"]
     assert not (tmp_path / "act" / "a.h5").exists() and 30 <= len(done) < n_blocks
-    r = subprocess.run(capture_cmd("capture", str(toml)), env=env, capture_output=True, text=True)
+    r = subprocess.run(command("capture", str(toml)), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"{n_blocks - len(done)} of {n_blocks} blocks to compute" in r.stderr
     assert filecmp.cmp(tmp_path / "act" / "a.h5", tmp_path / "whole" / "a.h5", shallow=False)

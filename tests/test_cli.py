@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import ROOT
-
-
-def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "persona_dynamics", *args], cwd=cwd, capture_output=True, text=True
-    )
+from helpers.cli import cli
 
 
 def test_help_lists_every_stage():

@@ -8,7 +8,7 @@ import pytest
 
 from persona_dynamics.config import STAGES, dump, load
 
-from conftest import ROOT
+from helpers.paths import ROOT
 
 
 @pytest.mark.slow

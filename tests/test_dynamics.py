@@ -15,7 +15,8 @@ from persona_dynamics.dynamics import (
     summarize,
 )
 from persona_dynamics.space import GroupSums, bootstrap_weights, frames, make_groups
-from planted import planted
+
+from helpers.planted import planted
 
 
 def analyse(p, labels: dict[str, np.ndarray], n_boot=0, seed=0, n_pcs=5) -> dict[str, LabelStats]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -30,26 +27,25 @@ from persona_dynamics.transcripts import (
     transcripts_dir,
 )
 
-from conftest import QUESTIONS, ROLES_DIR, ROOT
+from helpers.cli import cli
+from helpers.paths import QUESTIONS, ROLES_DIR
+from helpers.study import make_study
 
 QS = [Question(0, "What is courage?"), Question(7, "Name a good breakfast.")]
 
 
 def study(tmp_path, model: str = "allenai/OLMo-2-1124-7B-Instruct", **gen) -> object:
     """A small study over pirate + cat (+ default) with two questions."""
-    return parse(
-        {
-            "run_name": "t",
-            "output_root": str(tmp_path / "out"),
-            "checkpoints": [{"label": "tiny", "model": str(model)}],
-            "roles": {
-                "dir": str(ROLES_DIR),
-                "questions": str(QUESTIONS),
-                "include": ["pirate", "cat"],
-                "question_count": 2,
-            },
-            "generation": {"backend": "hf", "max_tokens": 5, "batch_tokens": 800, **gen},
-        }
+    return make_study(
+        tmp_path / "out",
+        checkpoints=[{"label": "tiny", "model": str(model)}],
+        roles={
+            "dir": str(ROLES_DIR),
+            "questions": str(QUESTIONS),
+            "include": ["pirate", "cat"],
+            "question_count": 2,
+        },
+        generation={"backend": "hf", "max_tokens": 5, "batch_tokens": 800, **gen},
     )
 
 
@@ -243,6 +239,7 @@ def test_hf_prompts_are_exactly_the_templated_messages(tiny_model_dir):
     assert all(r.finish_reason in ("stop", "length") and r.n_tokens <= 3 for r in out)
 
 
+@pytest.mark.slow
 def test_hf_text_depends_on_seed_not_on_batching(tiny_model_dir):
     ckpt = Checkpoint(label="tiny", model=str(tiny_model_dir))
     role = load_roles(ROLES_DIR, ["pirate"])[0]
@@ -264,6 +261,7 @@ def test_hf_text_depends_on_seed_not_on_batching(tiny_model_dir):
     assert greedy[("pirate", 0, 0, 0)] == greedy[("pirate", 0, 0, 1)]  # no noise at T=0
 
 
+@pytest.mark.slow
 def test_run_generate_end_to_end(tmp_path, tiny_model_dir):
     cfg = study(tmp_path, tiny_model_dir, num_rollouts=2)
     out = run_generate(cfg)
@@ -379,16 +377,6 @@ def test_model_without_chat_template(tmp_path, tiny_model_dir):
 
 
 # --- the command line ----------------------------------------------------------------------------
-
-
-def cli(*args, cwd=ROOT, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "persona_dynamics", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env and {**os.environ, **env},
-    )
 
 
 @pytest.mark.slow

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
 from persona_dynamics.config import load
 from persona_dynamics.generation import run_generate
 from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
-from conftest import QUESTIONS, ROLES_DIR, ROOT
+from helpers.kill import lines, run_and_kill
+from helpers.paths import QUESTIONS, ROLES_DIR
 
 
 def config(path, model, output_root, batch_tokens):
@@ -29,10 +24,6 @@ def config(path, model, output_root, batch_tokens):
     return path
 
 
-def lines(directory) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in directory.glob("*.jsonl"))
-
-
 @pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_uninterrupted_key_set(tmp_path, tiny_model_dir):
     reference = run_generate(load(config(tmp_path / "a.toml", tiny_model_dir, tmp_path / "a", 300)))
@@ -41,17 +32,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_key_set(tmp_path, tiny_model_
 
     conf = config(tmp_path / "b.toml", tiny_model_dir, tmp_path / "b", 300)  # ~3 rows a batch
     out = transcripts_dir(load(conf))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "persona_dynamics", "generate", str(conf)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and (not out.is_dir() or lines(out) < 8):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_and_kill(["generate", str(conf)], until=lambda: out.is_dir() and lines(out) >= 8, poll=0.05)
     partial = read_transcripts(out)
     assert 8 <= len(partial) < len(expected), "the kill must land mid-run"
     with (out / "pirate.jsonl").open("a") as f:  # as if the kill had torn a line mid-write

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import socket
 
 import pytest
 
-from persona_dynamics.config import parse
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.requests import messages_for
-from persona_dynamics.jsonl import Appender, read_rows
+from persona_dynamics.jsonl import read_rows
 from persona_dynamics.judge import (
     format_table,
     judge_prompt,
@@ -21,11 +18,11 @@ from persona_dynamics.judge import (
     run_judge,
     summarize,
 )
-from persona_dynamics.roles import load_questions, load_roles
 from persona_dynamics.transcripts import transcripts_dir
 
-from chat_server import ChatServer
-from conftest import QUESTIONS, ROLES_DIR
+from helpers.chat_server import ChatServer
+from helpers.cli import cli
+from helpers.judge import judge_study, plant, planted_judge
 
 # --- prompt and parsing --------------------------------------------------------------------------
 
@@ -96,69 +93,10 @@ def test_parse_score_battery(answer, score):
 
 # --- a run against the local server --------------------------------------------------------------
 
-PLANTED = re.compile(r"<response>\nplanted:(\w)\n</response>")
-
-
-def planted_judge(body: dict) -> str:
-    """Answer like a judge would: the planted digit, in a few real-looking forms, or junk."""
-    m = PLANTED.search(body["messages"][-1]["content"])
-    s = m.group(1) if m else "?"
-    if not s.isdigit():
-        return "Hard to say; the response is ambiguous."
-    return {"0": "0", "1": "Score: 1", "2": '{"score": 2}', "3": "**Score:** 3"}[s]
-
-
-def study(tmp_path, url, **judge):
-    return parse(
-        {
-            "run_name": "j",
-            "output_root": str(tmp_path),
-            "checkpoints": [{"label": "m", "model": "org/model"}],
-            "roles": {"dir": str(ROLES_DIR), "questions": str(QUESTIONS), "question_count": 4},
-            "judge": {
-                "backend": "openai",
-                "base_url": url,
-                "model": "test-judge",
-                "api_key_env": "PD_NO_SUCH_KEY",
-                **judge,
-            },
-        }
-    )
-
-
-def plant(cfg, roles=("pirate", "cat"), n_prompts=2) -> dict:
-    """Write transcripts whose responses name the score a judge should give; return the truth."""
-    out = transcripts_dir(cfg)
-    qs = load_questions(QUESTIONS, 4)
-    truth = {}
-    for role in [*load_roles(ROLES_DIR, list(roles)), *[None]]:
-        name = role.name if role else "default"
-        with Appender(out / f"{name}.jsonl") as w:
-            rows = []
-            for spi in range(n_prompts):
-                for q in qs:
-                    score = "x" if (spi + 2 * q.id) % 5 == 4 else str((spi * 3 + q.id) % 4)
-                    system = role.instructions[spi] if role else ""
-                    rows.append(
-                        {
-                            "system_prompt_idx": spi,
-                            "question_idx": q.id,
-                            "rollout_idx": 0,
-                            "messages": list(messages_for(system, q.question)),
-                            "response": f"planted:{score}",
-                            "finish_reason": "stop",
-                            "n_tokens": 2,
-                        }
-                    )
-                    if role:
-                        truth[(name, spi, q.id, 0)] = None if score == "x" else int(score)
-            w.write(rows)
-    return truth
-
 
 def test_scores_match_planted_answers_nulls_kept_default_skipped(tmp_path):
     with ChatServer(planted_judge, model="test-judge") as s:
-        cfg = study(tmp_path, s.url)
+        cfg = judge_study(tmp_path, s.url)
         truth = plant(cfg)
         out = run_judge(cfg)
         assert len(s.requests) == len(truth)  # default transcripts are not judged
@@ -197,7 +135,7 @@ def test_requests_overlap_and_survive_429_and_malformed_answers(tmp_path, monkey
     monkeypatch.setattr("persona_dynamics.openai_client.ChatClient.backoff_s", 0.01)
     faults = [429, "malformed", 500, "nochoices", 429]
     with ChatServer(planted_judge, delay=0.05, faults=faults) as s:
-        cfg = study(tmp_path, s.url, max_in_flight=8)
+        cfg = judge_study(tmp_path, s.url, max_in_flight=8)
         truth = plant(cfg)
         out = run_judge(cfg)
         assert s.max_in_flight >= 4  # requests really overlap
@@ -208,7 +146,7 @@ def test_requests_overlap_and_survive_429_and_malformed_answers(tmp_path, monkey
 
 def test_budget_cap_then_cache_makes_reruns_free(tmp_path):
     with ChatServer(planted_judge) as s:
-        cfg = study(tmp_path, s.url, max_requests=5)
+        cfg = judge_study(tmp_path, s.url, max_requests=5)
         truth = plant(cfg)
         with pytest.raises(
             PersonaDynamicsError, match=f"budget of 5 requests reached: {len(truth) - 5} "
@@ -231,7 +169,7 @@ def test_budget_cap_then_cache_makes_reruns_free(tmp_path):
 
 def test_bad_input(tmp_path, monkeypatch):
     with ChatServer(planted_judge, api_key="right") as s:
-        cfg = study(tmp_path, s.url)
+        cfg = judge_study(tmp_path, s.url)
         with pytest.raises(PersonaDynamicsError, match="no transcripts here"):
             run_judge(cfg)
         plant(cfg)
@@ -245,7 +183,7 @@ def test_bad_input(tmp_path, monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    cfg = study(tmp_path, dead)
+    cfg = judge_study(tmp_path, dead)
     with pytest.raises(PersonaDynamicsError, match=f"cannot reach {dead}"):
         run_judge(cfg)
     (transcripts_dir(cfg) / "nosuchrole.jsonl").write_text(
@@ -266,7 +204,7 @@ def test_bad_input(tmp_path, monkeypatch):
     with pytest.raises(PersonaDynamicsError, match=r"no \[judge\] section"):
         run_judge(cfg)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    hosted = study(tmp_path / "hosted", None, api_key_env="OPENAI_API_KEY")
+    hosted = judge_study(tmp_path / "hosted", None, api_key_env="OPENAI_API_KEY")
     plant(hosted)
     with pytest.raises(PersonaDynamicsError, match="OPENAI_API_KEY .*not set"):
         run_judge(hosted)
@@ -275,36 +213,14 @@ def test_bad_input(tmp_path, monkeypatch):
 
 
 def test_cli_prints_the_table_and_flags_win(tmp_path):
-    import subprocess
-    import sys
-
     from persona_dynamics.config import dump
 
-    from conftest import ROOT
-
     with ChatServer(planted_judge) as s:
-        cfg = study(tmp_path, "http://127.0.0.1:9/v1")  # the flag below wins over this URL
+        cfg = judge_study(tmp_path, "http://127.0.0.1:9/v1")  # the flag below wins over this URL
         truth = plant(cfg)
         conf = tmp_path / "c.toml"
         conf.write_text(dump(cfg))
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "persona_dynamics",
-                "judge",
-                str(conf),
-                "--base-url",
-                s.url,
-                "--roles",
-                "cat",
-                "--max-in-flight",
-                "3",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        r = cli("judge", str(conf), "--base-url", s.url, "--roles", "cat", "--max-in-flight", "3")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].split() == ["role", "n", "0", "1", "2", "3", "null", "mean"]

@@ -8,26 +8,24 @@ import shutil
 import numpy as np
 import pytest
 
-from persona_dynamics.config import parse
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.jsonl import Appender, key_of, read_rows
 from persona_dynamics.judge import judge_prompt, load_scores, parse_score, run_judge
 from persona_dynamics.roles import load_roles
 from persona_dynamics.transcripts import read_transcripts, transcripts_dir
-from test_judge import plant
 
-from conftest import QUESTIONS, ROLES_DIR
+from helpers.judge import FOUR_QUESTIONS, plant
+from helpers.paths import ROLES_DIR
+from helpers.study import make_study
 
 
 def study(tmp_path, judge_dir):
-    return parse(
-        {
-            "run_name": "local",
-            "output_root": str(tmp_path),
-            "checkpoints": [{"label": "m", "model": "org/model"}],
-            "roles": {"dir": str(ROLES_DIR), "questions": str(QUESTIONS), "question_count": 4},
-            "judge": {"backend": "local", "model": str(judge_dir), "max_tokens": 4},
-        }
+    """Four questions judged by the local backend with the model in `judge_dir`."""
+    return make_study(
+        tmp_path,
+        run_name="local",
+        roles=FOUR_QUESTIONS,
+        judge={"backend": "local", "model": str(judge_dir), "max_tokens": 4},
     )
 
 

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import collections
-import os
-import signal
-import subprocess
-import sys
-import time
 
 from persona_dynamics.config import dump
 from persona_dynamics.jsonl import key_of, read_rows
 from persona_dynamics.judge import run_judge
-from test_judge import plant, planted_judge, study
 
-from chat_server import ChatServer
-from conftest import ROOT
+from helpers.chat_server import ChatServer
+from helpers.judge import judge_study, plant, planted_judge
+from helpers.kill import lines, run_and_kill
 
 ROLES = ("pirate", "cat", "wizard", "knight", "chef", "robot_butler")
-
-
-def lines(directory) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in directory.glob("*.jsonl"))
 
 
 def scores_by_key(directory) -> dict:
@@ -37,27 +28,19 @@ def scores_by_key(directory) -> dict:
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_scores(tmp_path):
     with ChatServer(planted_judge, delay=0.04) as server:
-        ref = study(tmp_path / "a", server.url, max_in_flight=2)
+        ref = judge_study(tmp_path / "a", server.url, max_in_flight=2)
         truth = plant(ref, ROLES, n_prompts=5)
         expected = scores_by_key(run_judge(ref))
         assert len(expected) == len(truth) == 6 * 5 * 4
 
-        cfg = study(tmp_path / "b", server.url, max_in_flight=2)
+        cfg = judge_study(tmp_path / "b", server.url, max_in_flight=2)
         plant(cfg, ROLES, n_prompts=5)
         conf = tmp_path / "b.toml"
         conf.write_text(dump(cfg))
         out = cfg.path("scores")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "persona_dynamics", "judge", str(conf)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        run_and_kill(
+            ["judge", str(conf)], until=lambda: out.is_dir() and lines(out) >= 32, poll=0.02
         )
-        deadline = time.time() + 120
-        while time.time() < deadline and (not out.is_dir() or lines(out) < 32):
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         partial = scores_by_key(out)
         assert 32 <= len(partial) < len(expected), "the kill must land mid-run"
         with (out / "pirate.jsonl").open("a") as f:  # as if the kill had torn a line

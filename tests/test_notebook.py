@@ -12,7 +12,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from report_run import ADAPTER, SHIFT, build
+from helpers.planted_run import ADAPTER, SHIFT, build
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "axis_explorer.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"

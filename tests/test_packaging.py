@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import QUESTIONS, ROLES_DIR, ROOT
+from helpers.paths import QUESTIONS, ROLES_DIR, ROOT
 
 PIP = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 

@@ -15,7 +15,8 @@ import pytest
 from persona_dynamics.config import parse
 from persona_dynamics.roles import near_duplicates
 
-from test_cli import cli
+from helpers.cli import cli
+from helpers.study import make_study
 
 N_ROLES, WORDS = 275, 29  # one word changed in 29: 24 of 30 distinct 3-grams shared, J = 0.80
 NEAR = [("role_010", "role_011"), ("role_020", "role_021"), ("role_030", "role_031")]
@@ -135,16 +136,14 @@ def test_generate_capture_analyze_accept_it(published, tmp_path, tiny_model_dir)
 
     d, q = published
     include = sorted({*NEAR[0], "role_100"})
-    cfg = parse(
-        {
-            "run_name": "published",
-            "output_root": str(tmp_path),
-            "checkpoints": [{"label": "tiny", "model": str(tiny_model_dir)}],
-            "roles": {"dir": str(d), "questions": str(q), "include": include, "question_count": 2},
-            "generation": {"backend": "hf", "max_tokens": 4, "device": "cpu"},
-            "capture": {"layers": "all", "device": "cpu"},
-            "analysis": {"bootstrap": 0, "min_samples": 1},
-        }
+    cfg = make_study(
+        tmp_path,
+        run_name="published",
+        checkpoints=[{"label": "tiny", "model": str(tiny_model_dir)}],
+        roles={"dir": str(d), "questions": str(q), "include": include, "question_count": 2},
+        generation={"backend": "hf", "max_tokens": 4, "device": "cpu"},
+        capture={"layers": "all", "device": "cpu"},
+        analysis={"bootstrap": 0, "min_samples": 1},
     )
     run_generate(cfg)
     run_capture(cfg)

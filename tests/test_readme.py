@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
-from test_cli import cli
+from helpers.cli import cli
+from helpers.paths import ROOT
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)

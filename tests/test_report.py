@@ -15,7 +15,8 @@ from plotly.offline import get_plotlyjs
 from persona_dynamics.config import dump
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.report import data, plots, run_report, write_report
-from report_run import ADAPTER, ADAPTER_ROLE, SHIFT, build
+
+from helpers.planted_run import ADAPTER, ADAPTER_ROLE, SHIFT, build
 
 FIGURES = ["plot-axis-movement", "plot-role-trajectories", "plot-variance", "plot-cos-layers",
            "plot-roles-pc", "plot-axis-ranking", "plot-adapters", "plot-across-wide"]  # fmt: skip

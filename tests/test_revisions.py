@@ -8,7 +8,7 @@ from persona_dynamics import models
 from persona_dynamics.cli import app
 from persona_dynamics.config import load
 
-from conftest import ROOT
+from helpers.paths import ROOT
 
 REFS = [
     ("branch", "main", "a" * 40),

@@ -17,7 +17,7 @@ from persona_dynamics.roles import (
     validate,
 )
 
-from conftest import QUESTIONS, ROLES_DIR
+from helpers.paths import QUESTIONS, ROLES_DIR
 
 
 def test_shipped_set_is_valid_at_paper_scale():

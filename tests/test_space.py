@@ -17,7 +17,8 @@ from persona_dynamics.space import (
     relative_position,
     statistics,
 )
-from planted import planted
+
+from helpers.planted import planted
 
 
 @pytest.fixture(scope="module")

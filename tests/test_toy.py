@@ -140,6 +140,7 @@ def test_roles_are_separable_and_the_assistant_distinct(toy_family, tok, src, la
     assert np.all((guess == "default") == (who[~fit] == "default"))  # the Assistant is its own
 
 
+@pytest.mark.slow
 def test_planted_stage_order_is_in_the_raw_activations(toy_family, tok, src):
     """On fixed held-out text, the mean role projection on instruct's Assistant Axis rises stage by
     stage by the planted fraction of the SFT gap, and the default Assistant stays put."""

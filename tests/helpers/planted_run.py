@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from persona_dynamics.analysis import run_analyze, run_compare
-from persona_dynamics.config import Study, parse
+from persona_dynamics.config import Study
 from persona_dynamics.store import write_store
-from planted import Planted, planted
+
+from helpers.planted import Planted, planted
+from helpers.study import make_study
 
 LAYERS = [0, 2, 3]  # of a 4-layer model; 2 leads
 SHIFT = {"base": -3.0, "sft": -2.0, "dpo": -1.0, "instruct": 0.0}
@@ -48,15 +50,13 @@ def study(root: Path, run: str = "planted", scored: bool = True, adapter: bool =
     ckpts = [{"label": k, "model": f"toy/{k}"} for k in SHIFT]
     if adapter:
         ckpts.append({"label": ADAPTER, "model": "toy/instruct", "adapter": "adapters/pirate"})
-    return parse(
-        {
-            "run_name": run,
-            "output_root": str(root),
-            "reference": "instruct",
-            "checkpoints": ckpts,
-            **({"judge": {"backend": "local", "model": "toy-judge"}} if scored else {}),
-            "analysis": {"bootstrap": 20, "n_components": 5, "refit": True, "min_samples": 5},
-        }
+    return make_study(
+        root,
+        run_name=run,
+        reference="instruct",
+        checkpoints=ckpts,
+        **({"judge": {"backend": "local", "model": "toy-judge"}} if scored else {}),
+        analysis={"bootstrap": 20, "n_components": 5, "refit": True, "min_samples": 5},
     )
 
 

@@ -5,7 +5,8 @@ GET /v1/models and POST /v1/chat/completions. It can be told to answer with scri
 (429, 500, a malformed body, a reply without choices), to wait before answering, and to demand an
 API key; it records every request and the most requests it held at once.
 
-Run alone (`python tests/chat_server.py --delay 0.02`) it prints its base URL and serves forever.
+Run alone (`python tests/helpers/chat_server.py --delay 0.02`) it prints its base URL and serves
+forever.
 """
 
 from __future__ import annotations
