@@ -38,7 +38,12 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.layers import resolve
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.store import ActivationStore, activations_path, write_store
-from persona_dynamics.transcripts import read_transcripts, transcripts_digest, transcripts_dir
+from persona_dynamics.transcripts import (
+    read_selection,
+    selection,
+    transcripts_digest,
+    transcripts_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +140,7 @@ def prepare(cfg: Study) -> Job:
     check_shapes(shapes, ref.label)
     layers = resolve(c.layers, shapes[ref.label][0], "capture.layers")
     tdir = c.transcript_dir or transcripts_dir(cfg)
-    rows = read_transcripts(tdir)
+    rows = read_selection(cfg, tdir, selection(cfg)[1])
     if not rows:
         raise PersonaDynamicsError(f"{tdir}: no transcripts to capture")
     tdigest = transcripts_digest(rows)
