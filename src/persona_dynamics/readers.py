@@ -144,9 +144,40 @@ def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
     return np.array([np.nan if r == DEFAULT or table.get(k) is None else table[k] for k, r in rows])
 
 
+def check_selection(cfg: Study, store: ActivationStore) -> None:
+    """Refuse a store whose roles or questions are not the ones the config selects (checked when
+    the config narrows them: roles.include, roles.question_count)."""
+    if not cfg.roles.include and cfg.roles.question_count is None:
+        return
+    from persona_dynamics.transcripts import selection
+
+    _, questions = selection(cfg)
+    have = set(store.roles)
+    extra, missing = sorted(have - set(questions)), sorted(set(questions) - have)
+    if extra or (missing and cfg.roles.include):
+        what = "; ".join(
+            f"{n} {kind}: {', '.join(names[:5])}"
+            for kind, names in (("not selected", extra), ("selected but absent", missing))
+            if names and (n := len(names))
+        )
+        raise PersonaDynamicsError(
+            f"{store.path}: its roles are not the config's selection (roles.include: {what}); "
+            "capture again with this selection, or change roles.include back"
+        )
+    ids = {role: {q.id for q in qs} for role, qs in questions.items()}
+    for role, q in zip(sample_roles(store), store.question_idx, strict=True):
+        if int(q) not in ids[role]:
+            raise PersonaDynamicsError(
+                f"{store.path}: holds question {int(q)} of role {role}, outside the config's "
+                f"selection (roles.question_count = {cfg.roles.question_count}); capture again "
+                "with this selection, or change roles.question_count back"
+            )
+
+
 def sample_groups(cfg: Study, store: ActivationStore) -> Groups:
     """The role vectors of the study, from the reference store's rows and the judge's scores."""
     a = cfg.analysis
+    check_selection(cfg, store)
     try:
         groups = make_groups(
             sample_roles(store),
