@@ -69,14 +69,15 @@ def same_place(recorded: str | None, configured: str | None) -> bool:
 def check_identity(store: ActivationStore, ckpt: Checkpoint) -> None:
     """Refuse a store captured from another checkpoint than the config's for its label: model,
     revision, adapter, and the commit when the config pins one. A store that does not record its
-    model or revision is not checked on it."""
+    model (not written by `capture`) is not checked on it nor on its adapter; one without a
+    revision not on that."""
     a = store.attrs
     diff = []
     if a.get("model") is not None and not same_place(a["model"], ckpt.model):
         diff.append(f"model {a['model']!r}, the config's {ckpt.model!r}")
     if a.get("revision") is not None and a["revision"] != ckpt.revision:
         diff.append(f"revision {a['revision']!r}, the config's {ckpt.revision!r}")
-    if not same_place(a.get("adapter"), ckpt.adapter):
+    if a.get("model") is not None and not same_place(a.get("adapter"), ckpt.adapter):
         diff.append(f"adapter {a.get('adapter')!r}, the config's {ckpt.adapter!r}")
     commit = a.get("commit")
     if commit and COMMIT.fullmatch(ckpt.revision) and commit != ckpt.revision:
