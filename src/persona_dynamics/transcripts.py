@@ -133,7 +133,7 @@ def read_selection(cfg: Study, directory: Path, questions: dict[str, list[Questi
         )
     if not cfg.roles.include:
         missing = [n for n in names if n not in present]
-        if missing and len(missing) < len(names):
+        if missing:
             log.info("%s: %d selected role(s) have no transcripts", directory, len(missing))
             names = [n for n in names if n in present]
     ids = {role: {q.id for q in questions[role]} for role in names}
