@@ -305,7 +305,8 @@ def run_judge(cfg: Study) -> Path:
         raise PersonaDynamicsError("the config has no [judge] section (judge model and backend)")
     tdir = transcripts_dir(cfg)
     roles, questions = selection(cfg)
-    rows = [r for r in read_selection(cfg, tdir, questions) if r["role"] != DEFAULT]
+    judged = {role: qs for role, qs in questions.items() if role != DEFAULT}
+    rows = read_selection(cfg, tdir, judged)
     if not rows:
         raise PersonaDynamicsError(
             f"{tdir}: nothing to judge: the selection (roles.include = {cfg.roles.include}) "
