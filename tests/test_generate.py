@@ -17,12 +17,12 @@ from persona_dynamics.generation.requests import (
     build_requests,
     derive_seed,
     display_name,
-    load_work,
 )
 from persona_dynamics.roles import Question, Role, load_default, load_roles
 from persona_dynamics.transcripts import (
     check_manifest,
     read_transcripts,
+    selection,
     transcripts_digest,
     transcripts_dir,
 )
@@ -125,14 +125,14 @@ def test_display_name_and_work(tmp_path):
     assert display_name(cfg) == "OLMo-2-1124-7B-Instruct"
     cfg.generation.model_display_name = "OLMo"
     assert display_name(cfg) == "OLMo"
-    roles, qs = load_work(cfg)
+    roles, qs = selection(cfg)
     assert [r.name for r in roles] == ["pirate", "cat", "default"]
     assert [q.id for q in qs["cat"]] == [0, 1]
     cfg.roles.include = ["default"]
-    assert [r.name for r in load_work(cfg)[0]] == ["default"]
+    assert [r.name for r in selection(cfg)[0]] == ["default"]
     cfg.roles.include = ["pirate", "nosuchrole"]
     with pytest.raises(PersonaDynamicsError, match="unknown role.*nosuchrole"):
-        load_work(cfg)
+        selection(cfg)
 
 
 def test_transcripts_dir_layout(tmp_path, tiny_model_dir):

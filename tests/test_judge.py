@@ -101,7 +101,12 @@ def test_scores_match_planted_answers_nulls_kept_default_skipped(tmp_path):
         out = run_judge(cfg)
         assert len(s.requests) == len(truth)  # default transcripts are not judged
     assert load_scores(out) == truth
-    assert sorted(p.name for p in out.iterdir()) == ["cat.jsonl", "pirate.jsonl", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cat.jsonl",
+        "judge.json",
+        "pirate.jsonl",
+        "summary.csv",
+    ]
     rows = read_rows(out / "cat.jsonl")
     null = next(r for r in rows if r["score"] is None)
     assert (

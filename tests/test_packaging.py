@@ -60,8 +60,8 @@ def test_wheel_ships_the_role_set_and_runs_from_another_directory(tmp_path):
     )
     code = (
         "from persona_dynamics.config import load\n"
-        "from persona_dynamics.generation.requests import load_work\n"
-        "roles, questions = load_work(load('study.toml'))\n"
+        "from persona_dynamics.transcripts import selection\n"
+        "roles, questions = selection(load('study.toml'))\n"
         "print(len(roles), len(questions['default']))\n"
     )
     r = run(sys.executable, "-c", code)

@@ -108,7 +108,8 @@ def test_schema_errors_still_fail_a_user_set(published, tmp_path):
 
 
 def test_a_study_using_it_checks_and_builds_every_request(published, tmp_path):
-    from persona_dynamics.generation.requests import build_requests, load_work
+    from persona_dynamics.generation.requests import build_requests
+    from persona_dynamics.transcripts import selection
 
     d, q = published
     conf = tmp_path / "study.toml"
@@ -121,7 +122,7 @@ def test_a_study_using_it_checks_and_builds_every_request(published, tmp_path):
     assert f'dir = "{d}"' in r.stdout and f'questions = "{q}"' in r.stdout
     cfg = parse({"run_name": "p", "checkpoints": [{"label": "i", "model": "org/m"}],
                  "roles": {"dir": str(d), "questions": str(q), "question_count": 3}})  # fmt: skip
-    roles, questions = load_work(cfg)
+    roles, questions = selection(cfg)
     assert len(roles) == N_ROLES + 1 and roles[-1].name == "default"
     requests = build_requests(roles, questions, "OLMo", 1, 0)
     assert len(requests) == (N_ROLES * 5 + 5) * 3

@@ -358,7 +358,16 @@ OutputRoot = Annotated[Path | None, typer.Option("--output-root", help="default:
 
 
 def _names(text: str | None) -> list[str] | None:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+    """The role names of --roles; given but naming none (e.g. ',') is an error, never 'all'."""
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise PersonaDynamicsError(
+            f"--roles {text!r} names no role; give comma-separated role names (see "
+            "`persona-dynamics roles list`), or leave --roles out for every role"
+        )
+    return names
 
 
 @app.command()

@@ -182,7 +182,9 @@ class Capture(Section):
     none_max_samples: int = Field(default=256, ge=1, description="aggregation='none': subset size")
     block_samples: int = Field(default=1024, ge=1, description="samples per part (resume unit)")
     shard: ShardField = Field(default=None, description="'I/N': this worker's share, I from 0")
-    transcript_dir: Path | None = Field(default=None, description="default: the run's transcripts")
+    transcript_dir: Path | None = Field(
+        default=None, description="read whole; default: the run's transcripts, the roles selection"
+    )
     output_dir: Path | None = Field(default=None, description="default: activations/<run>")
 
 

@@ -15,15 +15,17 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from persona_dynamics import __version__
 from persona_dynamics.config import Checkpoint, Judge, Study, safe_name
-from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.files import write_text
+from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.files import write_json, write_text
 from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows
-from persona_dynamics.roles import DEFAULT, digest, load_roles
-from persona_dynamics.transcripts import read_transcripts, transcripts_dir
+from persona_dynamics.roles import DEFAULT, digest
+from persona_dynamics.transcripts import read_selection, selection, transcripts_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def judge_prompt(eval_prompt: str, question: str, response: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-_DIGIT = r"([0-3])(?![\d.,]\d|\d)"
+# A digit 0-3 that is not part of a larger number and not a score on another scale ("2/10").
+_DIGIT = r"([0-3])(?![\d.,]\d|\d)(?!\s*(?:/|out\s+of)\s*(?!3\b)\d)"
 _LABELED = re.compile(
     r"(?i)\b(?:final\s+)?(?:score|rating|grade|verdict)\b\**\s*(?:is|of|=|:|-)?\s*\**\s*" + _DIGIT
 )
@@ -80,7 +83,8 @@ def parse_score(text: str | None) -> int | None:
     Accepted: a bare digit ("3", "**2**.") or one leading an explanation ("3 - fully in
     role"), JSON with a score/rating field, a labelled score
     ("Score: 3", "Final rating = 1"; the last label wins, as judges reason first), "2/3" or
-    "2 out of 3", and "I'd rate it a 2". Out-of-range or conflicting unlabelled numbers are None.
+    "2 out of 3", and "I'd rate it a 2". Out-of-range numbers ("7", "Score: 5"), scores on another
+    scale ("Score: 2/10") and conflicting unlabelled numbers are None.
     """
     if not text or not text.strip():
         return None
@@ -124,6 +128,103 @@ def cache_path(cfg: Study, jcfg: Judge) -> Path:
     """`<output_root>/cache/judge/<judge model>.jsonl`, shared by every run with that judge."""
     safe = "@".join(safe_name(part) for part in judge_name(jcfg).split("@"))
     return cfg.output_root / "cache" / "judge" / f"{safe}.jsonl"
+
+
+# --- the judge's identity ------------------------------------------------------------------------
+
+JUDGE_MANIFEST = "judge.json"
+# What makes two judges the same: scores of another one are never mixed into a run's scores.
+IDENTITY = ("judge", "temperature", "max_tokens", "template")
+HOW = "delete {dir} to judge again with the config's judge (cached answers cost nothing)"
+
+
+def judge_identity(jcfg: Judge, rubrics: dict[str, str]) -> dict:
+    """The judge as recorded in `judge.json`: model, sampling, prompt template, each rubric."""
+    return {
+        "judge": judge_name(jcfg),
+        "temperature": jcfg.temperature,
+        "max_tokens": jcfg.max_tokens,
+        "template": digest(judge_prompt("RUBRIC", "QUESTION", "RESPONSE")),
+        "rubrics": {role: digest(text) for role, text in sorted(rubrics.items())},
+    }
+
+
+def read_judge(scores_dir: Path) -> dict | None:
+    """The recorded judge of a scores directory, or None when there is none (yet)."""
+    path = scores_dir / JUDGE_MANIFEST
+    if not path.exists():
+        return None
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PersonaDynamicsError(f"{path}: corrupt judge manifest ({exc})") from None
+    if not isinstance(out, dict):
+        raise PersonaDynamicsError(f"{path}: corrupt judge manifest (not a JSON object)")
+    return out
+
+
+def check_judge(scores_dir: Path, identity: dict) -> None:
+    """Refuse scores made by another judge than `identity` (model, sampling, template, a rubric).
+
+    Score files older than `judge.json` are taken as the config's judge when every row's `judge`
+    field names it, and refused otherwise. Without score files there is nothing to check.
+    """
+    files = sorted(scores_dir.glob("*.jsonl"))
+    old = read_judge(scores_dir)
+    if not files:  # no scores to mix with: whatever judge.json says is replaced
+        return
+    if old is None:
+        for path in files:
+            other = {r.get("judge") for r in read_rows(path)} - {identity["judge"]}
+            if other:
+                raise PersonaDynamicsError(
+                    f"{path}: scored by judge {', '.join(map(repr, sorted(other, key=str)))}, "
+                    f"but the config's judge is {identity['judge']!r}; "
+                    + HOW.format(dir=scores_dir)
+                )
+        return
+    diff = [
+        f"{k}: recorded {old.get(k)!r}, now {identity[k]!r}"
+        for k in IDENTITY
+        if old.get(k) != identity[k]
+    ]
+    recorded = old.get("rubrics") or {}
+    changed = [r for r, d in identity["rubrics"].items() if r in recorded and recorded[r] != d]
+    if changed:
+        diff.append(f"rubric (eval_prompt) of {', '.join(changed[:5])} changed")
+    if diff:
+        raise PersonaDynamicsError(
+            f"{scores_dir / JUDGE_MANIFEST}: the scores here come from another judge "
+            f"({'; '.join(diff)}); " + HOW.format(dir=scores_dir)
+        )
+
+
+def check_scores_judge(cfg: Study) -> None:
+    """Refuse, before analysis reads them, scores whose recorded judge is not the config's."""
+    out = cfg.path("scores")
+    old = read_judge(out)
+    if old is None:
+        log.warning(
+            "%s: no %s (scores written before judges were recorded): taken as scored by the "
+            "config's judge %s", out, JUDGE_MANIFEST, judge_name(cfg.judge),
+        )  # fmt: skip
+        return
+    roles, _ = selection(cfg)
+    rubrics = {r.name: r.eval_prompt for r in roles if r.name in (old.get("rubrics") or {})}
+    check_judge(out, judge_identity(cfg.judge, rubrics))
+
+
+def write_judge(scores_dir: Path, identity: dict) -> Path:
+    """Record (atomically) the judge of a scores directory; rubrics accumulate over roles."""
+    old = (read_judge(scores_dir) if any(scores_dir.glob("*.jsonl")) else None) or {}
+    rubrics = {**(old.get("rubrics") or {}), **identity["rubrics"]}
+    out = {
+        **identity,
+        "rubrics": dict(sorted(rubrics.items())),
+        "package_version": __version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return write_json(scores_dir / JUDGE_MANIFEST, out, indent=2, sort_keys=True)
 
 
 # --- backends ------------------------------------------------------------------------------------
@@ -203,13 +304,19 @@ def run_judge(cfg: Study) -> Path:
     if jcfg is None:
         raise PersonaDynamicsError("the config has no [judge] section (judge model and backend)")
     tdir = transcripts_dir(cfg)
-    names = [n for n in cfg.roles.include if n != DEFAULT] or None
-    rows = [r for r in read_transcripts(tdir, names) if r["role"] != DEFAULT]
+    roles, questions = selection(cfg)
+    judged = {role: qs for role, qs in questions.items() if role != DEFAULT}
+    rows = read_selection(cfg, tdir, judged)
     if not rows:
-        raise PersonaDynamicsError(f"{tdir}: no role transcripts to judge (only the default's)")
-    roles = load_roles(cfg.roles.role_dir, sorted({x["role"] for x in rows}))  # unknown role: error
-    rubric = {r.name: r.eval_prompt for r in roles}
+        raise PersonaDynamicsError(
+            f"{tdir}: nothing to judge: the selection (roles.include = {cfg.roles.include}) "
+            "holds no role transcripts, and the default Assistant's are not judged"
+        )
+    rubric = {r.name: r.eval_prompt for r in roles if r.name in {x["role"] for x in rows}}
     out = cfg.path("scores")
+    identity = judge_identity(jcfg, rubric)
+    check_judge(out, identity)
+    write_judge(out, identity)
     scored = {role: {key_of(x) for x in read_rows(out / f"{role}.jsonl")} for role in rubric}
     todo = [r for r in rows if key_of(r) not in scored[r["role"]]]
     name = judge_name(jcfg)
@@ -307,8 +414,17 @@ def load_scores(scores_dir: str | Path) -> dict[tuple[str, int, int, int], int |
         raise PersonaDynamicsError(f"{scores_dir}: no scores here; run `persona-dynamics judge`")
     out = {}
     for path in sorted(scores_dir.glob("*.jsonl")):
-        for row in read_rows(path):
-            out[(path.stem, *key_of(row))] = row["score"]
+        for n, row in enumerate(read_rows(path), 1):
+            if "score" not in row:
+                raise PersonaDynamicsError(located(path, f"row {n}: no 'score'"))
+            score = row["score"]
+            if score is not None:
+                if type(score) not in (int, float) or score not in SCORES:  # not "3", 7, true
+                    raise PersonaDynamicsError(
+                        located(path, f"row {n}: score {score!r} is not one of 0-3 or null")
+                    )
+                score = int(score)
+            out[(path.stem, *key_of(row))] = score
     return out
 
 

@@ -9,14 +9,17 @@ per-(question, vector) sums.
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from persona_dynamics.config import Study
+from persona_dynamics.config import Checkpoint, Study
 from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.layers import middle as layer_middle
 from persona_dynamics.layers import resolve
+from persona_dynamics.models import is_local
 from persona_dynamics.roles import DEFAULT
 from persona_dynamics.space import Groups, GroupSums, make_groups
 from persona_dynamics.store import ActivationStore, activations_path
@@ -42,7 +45,49 @@ def open_store(cfg: Study, label: str) -> ActivationStore:
         raise PersonaDynamicsError(
             f"{path}: per-token activations (aggregation 'none'); analysis needs 'mean' or 'last'"
         )
+    try:
+        check_identity(store, cfg.checkpoint(label))
+    except PersonaDynamicsError:
+        store.close()
+        raise
     return store
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def same_place(recorded: str | None, configured: str | None) -> bool:
+    """Whether a recorded model or adapter is the configured one: the same text, or the same
+    local directory written another way (relative, absolute, through a link)."""
+    if recorded == configured:
+        return True
+    if recorded is None or configured is None or not is_local(configured):
+        return False
+    return Path(recorded).resolve() == Path(configured).resolve()
+
+
+def check_identity(store: ActivationStore, ckpt: Checkpoint) -> None:
+    """Refuse a store captured from another checkpoint than the config's for its label: model,
+    revision, adapter, and the commit when the config pins one. A store that does not record its
+    model (not written by `capture`) is not checked on it nor on its adapter; one without a
+    revision not on that."""
+    a = store.attrs
+    diff = []
+    if a.get("model") is not None and not same_place(a["model"], ckpt.model):
+        diff.append(f"model {a['model']!r}, the config's {ckpt.model!r}")
+    if a.get("revision") is not None and a["revision"] != ckpt.revision:
+        diff.append(f"revision {a['revision']!r}, the config's {ckpt.revision!r}")
+    if a.get("model") is not None and not same_place(a.get("adapter"), ckpt.adapter):
+        diff.append(f"adapter {a.get('adapter')!r}, the config's {ckpt.adapter!r}")
+    commit = a.get("commit")
+    if commit and COMMIT.fullmatch(ckpt.revision) and commit != ckpt.revision:
+        diff.append(f"commit {commit!r}, the config's {ckpt.revision!r}")
+    if diff:
+        raise PersonaDynamicsError(
+            f"{store.path}: captured from another checkpoint than '{ckpt.label}' "
+            f"({'; '.join(diff)}); capture '{ckpt.label}' again (delete this file) or fix the "
+            "config"
+        )
 
 
 def sample_roles(store: ActivationStore) -> np.ndarray:
@@ -82,13 +127,15 @@ def check_same_samples(ref: ActivationStore, store: ActivationStore) -> None:
 
 def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
     """Judge score of every row (NaN when none, and for default rows), or None without a judge."""
-    from persona_dynamics.judge import load_scores
+    from persona_dynamics.judge import check_scores_judge, load_scores
 
     if cfg.judge is None:
         log.warning("%s; add a [judge] section and run `judge` to filter by role expression",
                     UNSCORED_NOTE)  # fmt: skip
         return None
     table = load_scores(cfg.path("scores"))
+    if table:
+        check_scores_judge(cfg)
     if not table:
         raise PersonaDynamicsError(
             f"{cfg.path('scores')}: no scores; run `persona-dynamics judge`, or drop [judge] "
@@ -98,9 +145,40 @@ def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
     return np.array([np.nan if r == DEFAULT or table.get(k) is None else table[k] for k, r in rows])
 
 
+def check_selection(cfg: Study, store: ActivationStore) -> None:
+    """Refuse a store whose roles or questions are not the ones the config selects (checked when
+    the config narrows them: roles.include, roles.question_count)."""
+    if not cfg.roles.include and cfg.roles.question_count is None:
+        return
+    from persona_dynamics.transcripts import selection
+
+    _, questions = selection(cfg)
+    have = set(store.roles)
+    extra, missing = sorted(have - set(questions)), sorted(set(questions) - have)
+    if extra or (missing and cfg.roles.include):
+        what = "; ".join(
+            f"{n} {kind}: {', '.join(names[:5])}"
+            for kind, names in (("not selected", extra), ("selected but absent", missing))
+            if names and (n := len(names))
+        )
+        raise PersonaDynamicsError(
+            f"{store.path}: its roles are not the config's selection (roles.include: {what}); "
+            "capture again with this selection, or change roles.include back"
+        )
+    ids = {role: {q.id for q in qs} for role, qs in questions.items()}
+    for role, q in zip(sample_roles(store), store.question_idx, strict=True):
+        if int(q) not in ids[role]:
+            raise PersonaDynamicsError(
+                f"{store.path}: holds question {int(q)} of role {role}, outside the config's "
+                f"selection (roles.question_count = {cfg.roles.question_count}); capture again "
+                "with this selection, or change roles.question_count back"
+            )
+
+
 def sample_groups(cfg: Study, store: ActivationStore) -> Groups:
     """The role vectors of the study, from the reference store's rows and the judge's scores."""
     a = cfg.analysis
+    check_selection(cfg, store)
     try:
         groups = make_groups(
             sample_roles(store),

@@ -140,9 +140,11 @@ def load_roles(directory: str | Path, include: list[str] | None = None) -> list[
         by_name = {p.stem: p for p in paths}
         missing = [n for n in include if n not in by_name]
         if missing:
+            some = ", ".join(sorted(by_name)[:5])
             raise PersonaDynamicsError(
-                f"{directory}: unknown role(s): {', '.join(missing)} "
-                f"(see `persona-dynamics roles list --dir {directory}`)"
+                f"{directory}: unknown role(s): {', '.join(missing)} (known: {len(by_name)} "
+                f"roles, e.g. {some or 'none'}; see `persona-dynamics roles list --dir "
+                f"{directory}`)"
             )
         paths = [by_name[n] for n in include]
     if not paths:

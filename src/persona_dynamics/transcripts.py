@@ -3,14 +3,16 @@
 `<output_root>/transcripts/<run>/<model>/<revision or label>/<role>.jsonl`, one append-only JSONL
 file per role; a shard I of N writes `<role>.shard-I-of-N.jsonl` beside it, and readers merge every
 part of a role by key. The manifest records how the transcripts were sampled; a later run into the
-same directory must sample the same way (same model, backend, sampling parameters, seed, template)
-or is refused, naming what differs. `generate` writes these files; `judge`, `capture` and the
-adapters' own-text read them through this module alone.
+same directory must sample the same way (same model, backend, sampling parameters, seed, template,
+the same text of every role and question already sampled) or is refused, naming what differs.
+`generate` writes these files; `judge`, `capture` and the adapters' own-text read them through
+this module alone, taking exactly the config's selection of roles and questions (`selection`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,7 +22,18 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows
 from persona_dynamics.models import is_local
-from persona_dynamics.roles import digest
+from persona_dynamics.roles import (
+    DEFAULT,
+    Question,
+    Role,
+    digest,
+    load_default,
+    load_questions,
+    load_roles,
+    role_paths,
+)
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 # Manifest fields that must agree between runs writing into one directory.
@@ -35,6 +48,11 @@ FIXED = (
     "model_display_name",
     "chat_template_hash",
 )
+# Fields added later: compared only when the recorded manifest has them.
+LATER = ("per_role_questions",)
+# name -> digest maps that accumulate over runs (a role's prompts, a question's text): an entry
+# already recorded must keep its digest, so an edited role or question file is refused.
+DIGESTS = ("role_digests", "question_digests")
 
 
 def transcripts_dir(cfg: Study) -> Path:
@@ -70,6 +88,57 @@ def written_keys(directory: Path, role: str) -> set[tuple]:
     for p in role_parts(directory).get(role, []):
         out |= existing_keys(p)
     return out
+
+
+def selection(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
+    """The study's roles (the default Assistant last, when included) and each one's questions:
+    what `generate` samples and every later stage reads, no more and no less."""
+    include = cfg.roles.include
+    names = [n for n in include if n != DEFAULT]
+    roles = load_roles(cfg.roles.role_dir, names or None) if names or not include else []
+    if cfg.roles.include_default or DEFAULT in include:
+        roles.append(load_default(cfg.roles.role_dir))
+    shared = load_questions(cfg.roles.question_file, cfg.roles.question_count)
+    questions = {}
+    for r in roles:
+        if cfg.roles.per_role_questions and not r.is_default:
+            if not r.questions:
+                raise PersonaDynamicsError(
+                    f"{cfg.roles.role_dir}/{r.name}.json: roles.per_role_questions is set but "
+                    "the role has no 'questions'"
+                )
+            own = r.questions[: cfg.roles.question_count]
+            questions[r.name] = [Question(i, q) for i, q in enumerate(own)]
+        else:
+            questions[r.name] = shared
+    return roles, questions
+
+
+def read_selection(cfg: Study, directory: Path, questions: dict[str, list[Question]]) -> list[dict]:
+    """The transcripts of the study's selection only (`selection`'s questions per role).
+
+    Other roles' files in the directory and questions past roles.question_count are not read. A
+    role that roles.include names must have transcripts, and a file of a role the roles directory
+    does not know is an error; with every role selected (include empty), the roles present are
+    read and those missing logged.
+    """
+    names = list(questions)
+    present = role_parts(directory) if directory.is_dir() else {}
+    known = {p.stem for p in role_paths(cfg.roles.role_dir)} | {DEFAULT}
+    unknown = sorted(set(present) - known)
+    if unknown:
+        raise PersonaDynamicsError(
+            f"{directory}: transcripts of unknown role(s) {', '.join(unknown[:5])} (not in "
+            f"{cfg.roles.role_dir}); were they generated with another [roles] dir?"
+        )
+    if not cfg.roles.include:
+        missing = [n for n in names if n not in present]
+        if missing:
+            log.info("%s: %d selected role(s) have no transcripts", directory, len(missing))
+            names = [n for n in names if n in present]
+    ids = {role: {q.id for q in questions[role]} for role in names}
+    rows = read_transcripts(directory, names)
+    return [r for r in rows if r["question_idx"] in ids[r["role"]]]
 
 
 def read_transcripts(directory: str | Path, roles: list[str] | None = None) -> list[dict]:
@@ -132,9 +201,14 @@ def check_manifest(directory: Path, manifest: dict) -> None:
         return
     diff = [
         f"{k}: recorded {old.get(k)!r}, now {manifest[k]!r}"
-        for k in FIXED
+        for k in (*FIXED, *(k for k in LATER if k in old))
         if k in manifest and old.get(k) != manifest[k]
     ]
+    for field in DIGESTS:
+        was, now = old.get(field) or {}, manifest.get(field) or {}
+        changed = [k for k in now if k in was and was[k] != now[k]]
+        if changed:
+            diff.append(f"{field}: {', '.join(changed[:5])} changed since recorded")
     if diff:
         raise PersonaDynamicsError(
             f"{directory / MANIFEST}: this run samples differently from the transcripts already "
@@ -146,8 +220,10 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
     """Record (atomically) how this directory's transcripts were sampled; roles accumulate."""
     old = read_manifest(directory) or {}
     roles = sorted(set(old.get("roles", [])) | set(manifest.get("roles", [])))
+    maps = {f: {**(old.get(f) or {}), **manifest.get(f, {})} for f in DIGESTS}
     out = {
         **manifest,
+        **{f: dict(sorted(m.items())) for f, m in maps.items()},
         "roles": roles,
         "package_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -73,7 +73,8 @@ def build(root: Path, scored: bool = True, adapter: bool = True, across: bool = 
         for ck in c.checkpoints:
             acts = _acts(p, ck.label, hidden)
             path = root / "activations" / c.run_name / f"{ck.label}.h5"
-            write_store(path, acts, p.keys(), LAYERS, attrs | {"hidden_size": acts.shape[2]})
+            who = {"model": ck.model, "adapter": ck.adapter, "hidden_size": acts.shape[2]}
+            write_store(path, acts, p.keys(), LAYERS, attrs | who)
         if scored:
             out = root / "scores" / c.run_name
             out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,9 @@ def build(root: Path, scored: bool = True, adapter: bool = True, across: bool = 
         own = p.roles == "default"
         keys = [k for k, m in zip(p.keys(), own, strict=True) if m]
         acts = _acts(p, ADAPTER, None, move=1.0)[own]
-        write_store(own_text_store(cfg, ADAPTER), acts, keys, LAYERS, attrs)
+        ck = cfg.checkpoint(ADAPTER)
+        who = {"model": ck.model, "adapter": ck.adapter}
+        write_store(own_text_store(cfg, ADAPTER), acts, keys, LAYERS, attrs | who)
         run_place(cfg)
     if across:
         run_compare(cfg, across_models=other)

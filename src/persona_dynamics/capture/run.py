@@ -38,7 +38,13 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.layers import resolve
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.store import ActivationStore, activations_path, write_store
-from persona_dynamics.transcripts import read_transcripts, transcripts_digest, transcripts_dir
+from persona_dynamics.transcripts import (
+    read_selection,
+    read_transcripts,
+    selection,
+    transcripts_digest,
+    transcripts_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +140,11 @@ def prepare(cfg: Study) -> Job:
     shapes = {label: model_shape(cfg, label, commit) for label, commit in commits.items()}
     check_shapes(shapes, ref.label)
     layers = resolve(c.layers, shapes[ref.label][0], "capture.layers")
-    tdir = c.transcript_dir or transcripts_dir(cfg)
-    rows = read_transcripts(tdir)
+    if c.transcript_dir:  # a directory named by hand is read whole
+        tdir, rows = c.transcript_dir, read_transcripts(c.transcript_dir)
+    else:  # the run's transcripts: exactly the study's selection
+        tdir = transcripts_dir(cfg)
+        rows = read_selection(cfg, tdir, selection(cfg)[1])
     if not rows:
         raise PersonaDynamicsError(f"{tdir}: no transcripts to capture")
     tdigest = transcripts_digest(rows)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from persona_dynamics.chat import Message, prompt_text
 from persona_dynamics.config import WHOLE, Shard, Study
-from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.models import is_local
-from persona_dynamics.roles import DEFAULT, Question, Role, load_default, load_questions, load_roles
+from persona_dynamics.roles import Question, Role
 
 
 @dataclass(frozen=True)
@@ -100,29 +99,6 @@ def messages_for(system: str, question: str) -> tuple[Message, ...]:
     """The chat messages of one prompt; an empty system prompt means no system message."""
     user = {"role": "user", "content": question}
     return ({"role": "system", "content": system}, user) if system else (user,)
-
-
-def load_work(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
-    """The roles to sample (the default Assistant last, when included) and each one's questions."""
-    include = cfg.roles.include
-    names = [n for n in include if n != DEFAULT]
-    roles = load_roles(cfg.roles.role_dir, names or None) if names or not include else []
-    if cfg.roles.include_default or DEFAULT in include:
-        roles.append(load_default(cfg.roles.role_dir))
-    shared = load_questions(cfg.roles.question_file, cfg.roles.question_count)
-    questions = {}
-    for r in roles:
-        if cfg.roles.per_role_questions and not r.is_default:
-            if not r.questions:
-                raise PersonaDynamicsError(
-                    f"{cfg.roles.role_dir}/{r.name}.json: roles.per_role_questions is set but "
-                    "the role has no 'questions'"
-                )
-            own = r.questions[: cfg.roles.question_count]
-            questions[r.name] = [Question(i, q) for i, q in enumerate(own)]
-        else:
-            questions[r.name] = shared
-    return roles, questions
 
 
 def build_requests(

@@ -20,13 +20,13 @@ from persona_dynamics.generation.requests import (
     Sampling,
     build_requests,
     display_name,
-    load_work,
 )
 from persona_dynamics.jsonl import Appender
-from persona_dynamics.roles import questions_digest, roles_digest
+from persona_dynamics.roles import DEFAULT, Question, digest, questions_digest, roles_digest
 from persona_dynamics.transcripts import (
     check_manifest,
     part_path,
+    selection,
     transcripts_dir,
     write_manifest,
     written_keys,
@@ -65,12 +65,20 @@ def to_row(result: Result) -> dict:
     }
 
 
+def shared_questions(cfg: Study, questions: dict[str, list[Question]]) -> list[Question]:
+    """The shared questions file's selected questions (per-role ones live in the role digests)."""
+    for role, qs in questions.items():
+        if role == DEFAULT or not cfg.roles.per_role_questions:
+            return qs
+    return []
+
+
 def run_generate(cfg: Study) -> Path:
     """Generate the study's transcripts (generation.shard's part); return their directory."""
     gen, ckpt = cfg.generation, cfg.generating_checkpoint()
     shard = gen.shard or WHOLE
     out = transcripts_dir(cfg)
-    roles, questions = load_work(cfg)
+    roles, questions = selection(cfg)
     name = display_name(cfg)
     done = {r.name: written_keys(out, r.name) for r in roles}
     n_done = sum(map(len, done.values()))
@@ -94,6 +102,11 @@ def run_generate(cfg: Study) -> Path:
         "model_display_name": name,
         "roles": [r.name for r in roles],
         "roles_digest": roles_digest(roles),
+        "role_digests": {r.name: roles_digest([r]) for r in roles},
+        "question_digests": {
+            str(q.id): digest(q.question) for q in shared_questions(cfg, questions)
+        },
+        "per_role_questions": cfg.roles.per_role_questions,
         "questions_file": str(cfg.roles.question_file),
         "question_count": cfg.roles.question_count,
         "questions_digest": questions_digest(next(iter(questions.values()))),
