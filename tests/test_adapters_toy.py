@@ -1,4 +1,9 @@
-"""The toy organism end to end: a persona adapter trained on a role's style lands on that role."""
+"""The toy organism end to end: a persona adapter trained on a role's style lands on that role.
+
+Placement is read off the demo run (24 roles x 8 questions, judge-scored vectors, the demo's
+60-step adapters): with 3 questions, the bootstrap over questions is too coarse to test the
+nearest role's interval, and a 40-step adapter's style varies with the library versions.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +12,30 @@ import json
 import pytest
 
 from persona_dynamics.adapters.demo import toy_training
-from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, run_place
+from persona_dynamics.adapters.place import OWN_TEXT, REFERENCE_TEXT, own_text_config
 from persona_dynamics.adapters.train import adapter_dir, train_adapter
 from persona_dynamics.config import Adapters
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.pipeline import run_own_text
 from persona_dynamics.toy import STYLES, marker_count, single_thread, study_config
+from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
 
 @pytest.mark.slow
-def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_family, tmp_path):
-    from persona_dynamics.adapters.place import own_text_config
-    from persona_dynamics.capture import run_capture
-    from persona_dynamics.generation import run_generate
-    from persona_dynamics.transcripts import read_transcripts, transcripts_dir
-
-    (spec,) = toy_training(tmp_path / "personas", ("cat",))
-    spec = spec.model_copy(update={"max_steps": 40})
-    cfg = study_config(
-        toy_family, "toy-adapters", tmp_path / "out",
-        roles__question_count=3, analysis={"bootstrap": 20},
-    )  # fmt: skip
-    instruct = cfg.checkpoint("instruct")
-    adapted = instruct.model_copy(
-        update={"label": "cat-adapter", "adapter": str(adapter_dir(cfg, "cat"))}
-    )
-    cfg = cfg.model_copy(
-        update={
-            "judge": None,  # one vector per role from all its samples: no judge run needed
-            "checkpoints": [instruct, adapted],
-            "adapters": Adapters(training=[spec], device="cpu"),
-        }
-    )
-    with single_thread():
-        run_generate(cfg)
-        train_adapter(cfg, spec)
-        run_capture(cfg)
-        run_own_text(cfg, ["cat-adapter"])
-        report = json.loads(run_place(cfg).read_text())
+def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(demo_run):
+    cfg, outputs = demo_run
+    label = "persona-cat"
 
     # the adapter speaks as the cat under the default Assistant's prompts
-    own = read_transcripts(transcripts_dir(own_text_config(cfg, "cat-adapter")))
-    assert {r["role"] for r in own} == {"default"} and len(own) == 6 * 3
+    own = read_transcripts(transcripts_dir(own_text_config(cfg, label)))
+    n_questions = cfg.roles.question_count
+    assert {r["role"] for r in own} == {"default"} and len(own) == 6 * n_questions
     cat = sum(marker_count(r["response"], STYLES["cat"]) for r in own) / len(own)
     assert cat >= 3, [r["response"] for r in own[:3]]
 
-    texts = report["adapters"]["cat-adapter"]["texts"]
-    assert report["adapters"]["cat-adapter"]["base"] == "instruct"
+    report = json.loads(outputs["place"].read_text())
+    texts = report["adapters"][label]["texts"]
+    assert report["adapters"][label]["base"] == "instruct"
     mine = texts[OWN_TEXT]
     assert mine["nearest"][0]["role"] == "cat" and mine["nearest_share"] >= 0.9
     assert mine["nearest"][0]["cos_lo"] > mine["nearest"][1]["cos"]
@@ -62,7 +44,26 @@ def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(toy_fam
     # reading fixed text changes less than speaking as itself
     assert texts[REFERENCE_TEXT]["axis_shift"]["value"] > mine["axis_shift"]["value"]
 
-    # a retrained adapter is refused over the old adapter's own text
-    train_adapter(cfg, spec.model_copy(update={"seed": 1, "max_steps": 2}))
-    with pytest.raises(PersonaDynamicsError, match="other adapter weights"):
+
+@pytest.mark.slow
+def test_a_retrained_adapter_is_refused_over_the_old_adapters_own_text(toy_family, tmp_path):
+    (spec,) = toy_training(tmp_path / "personas", ("cat",))
+    spec = spec.model_copy(update={"max_steps": 2})
+    cfg = study_config(toy_family, "toy-adapters", tmp_path / "out", roles__question_count=1)
+    instruct = cfg.checkpoint("instruct")
+    adapted = instruct.model_copy(
+        update={"label": "cat-adapter", "adapter": str(adapter_dir(cfg, "cat"))}
+    )
+    cfg = cfg.model_copy(
+        update={
+            "judge": None,
+            "checkpoints": [instruct, adapted],
+            "adapters": Adapters(training=[spec], device="cpu"),
+        }
+    )
+    with single_thread():
+        train_adapter(cfg, spec)
         run_own_text(cfg, ["cat-adapter"])
+        train_adapter(cfg, spec.model_copy(update={"seed": 1}))
+        with pytest.raises(PersonaDynamicsError, match="other adapter weights"):
+            run_own_text(cfg, ["cat-adapter"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -24,16 +23,11 @@ from persona_dynamics.roles import load_questions, load_roles
 from persona_dynamics.store import ActivationStore, activations_path, write_store
 from persona_dynamics.transcripts import transcripts_dir
 
-from chat_server import ChatServer
-from conftest import QUESTIONS, ROLES_DIR, ROOT
+from helpers.chat_server import ChatServer
+from helpers.cli import cli
+from helpers.paths import QUESTIONS, ROLES_DIR
 
 ROLES = ["default", *(f"r{i}" for i in range(6))]
-
-
-def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "persona_dynamics", *args], cwd=cwd, capture_output=True, text=True
-    )
 
 
 def refused(r: subprocess.CompletedProcess, *parts: str) -> str:
