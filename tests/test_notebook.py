@@ -18,6 +18,12 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "axis_explorer.ip
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
+# Per-cell limit. With nbclient 0.11 / ipykernel 7.4 the interact cells over a SelectMultiple
+# (space, trajectories) leave the client waiting out this limit before the next cell, without an
+# error: 2 x 180 s on the demo's outputs. Every cell runs in under 3 s, so 60 s bounds that wait.
+CELL_TIMEOUT = 60
+
+
 def execute(tmp_path: Path, run_dir: Path):
     """Run the notebook in a fresh process (a kernel's event loop must not share pytest's)."""
     out = tmp_path / "executed.ipynb"
@@ -25,8 +31,8 @@ def execute(tmp_path: Path, run_dir: Path):
     env.pop("PERSONA_DYNAMICS_CONFIG", None)
     subprocess.run(
         [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-         "--ExecutePreprocessor.timeout=180", "--ExecutePreprocessor.kernel_name=python3",
-         "--output", str(out), str(NOTEBOOK)],
+         f"--ExecutePreprocessor.timeout={CELL_TIMEOUT}",
+         "--ExecutePreprocessor.kernel_name=python3", "--output", str(out), str(NOTEBOOK)],
         cwd=tmp_path, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     return nbformat.read(out, as_version=4)
