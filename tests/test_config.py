@@ -9,6 +9,8 @@ import pytest
 from persona_dynamics.config import Study, dump, load, parse
 from persona_dynamics.errors import PersonaDynamicsError
 
+from helpers.paths import ROOT
+
 MINIMAL = """
 run_name = "t"
 [[checkpoints]]
@@ -124,3 +126,12 @@ def test_roles_default_to_the_shipped_set_and_stay_out_of_the_dump(tmp_path):
     assert "dir =" not in dump(cfg).split("[roles]")[1].split("\n[")[0]
     mine = load(write(tmp_path, MINIMAL + '\n[roles]\ndir = "my/roles"\n'))
     assert mine.roles.role_dir == Path("my/roles")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "analysis").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_loads_and_captures_its_lead_layer(path):
+    cfg = load(path)
+    assert cfg.reference_label in [c.label for c in cfg.checkpoints]
+    layers = cfg.capture.layers
+    if cfg.analysis.lead_layer is not None and isinstance(layers, list):
+        assert cfg.analysis.lead_layer in layers

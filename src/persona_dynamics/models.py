@@ -61,20 +61,26 @@ def is_local(model: str) -> bool:
 
 
 def resolve_commit(model: str, revision: str) -> str | None:
-    """The commit a revision points at (hub), or None for a local directory or with no network.
+    """The commit a revision points at (hub, else the local hub cache), or None for a directory.
 
     Resolve once per checkpoint and load at the result, so the commit recorded is the one loaded.
-    A failure is logged here at debug level: loading next reports an unreachable hub or a missing
-    revision as its one clear error, and `unresolved` warns when loading worked without a commit.
+    Offline (`HF_HUB_OFFLINE=1`, or no network) the cache's `refs/<revision>` names the commit the
+    weights will load from. A failure is logged here at debug level: loading next reports an
+    unreachable hub or a missing revision as its one clear error, and `unresolved` warns when
+    loading worked without a commit.
     """
     if is_local(model):
         return None
-    try:
-        from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, snapshot_download
 
+    try:
         return HfApi().model_info(model, revision=revision).sha
+    except Exception as exc:  # noqa: BLE001 - the cache is asked next, loading reports the real error
+        log.debug("could not resolve the commit of %s@%s on the hub: %s", model, revision, exc)
+    try:
+        return Path(snapshot_download(model, revision=revision, local_files_only=True)).name
     except Exception as exc:  # noqa: BLE001 - recorded as unknown, loading reports the real error
-        log.debug("could not resolve the commit of %s@%s: %s", model, revision, exc)
+        log.debug("%s@%s is not in the local hub cache either: %s", model, revision, exc)
         return None
 
 
@@ -165,13 +171,39 @@ def load_model(
 
 
 def list_revisions(model: str) -> list[tuple[str, str, str]]:
-    """(kind, name, commit) for every branch and tag of a hub repo, for looping over RLVR steps."""
+    """(kind, name, commit) for every branch and tag of a hub repo, for looping over RLVR steps.
+
+    With the hub unreachable, the refs held in the local hub cache are listed (kind "cached").
+    """
     from huggingface_hub import HfApi
 
     try:
         refs = HfApi().list_repo_refs(model)
-    except Exception as exc:  # noqa: BLE001 - turned into one clear message
-        raise _hub_error(model, "*", exc) from None
+    except Exception as exc:  # noqa: BLE001 - the cache is asked next, else one clear message
+        cached = cached_revisions(model)
+        if not cached:
+            raise _hub_error(model, "*", exc) from None
+        log.warning("the hub is unreachable: listing the revisions of %s in the local cache", model)
+        return cached
     out = [("branch", b.name, b.target_commit) for b in refs.branches]
     out += [("tag", t.name, t.target_commit) for t in refs.tags]
     return sorted(out, key=lambda r: (r[0], r[1]))
+
+
+def cached_revisions(model: str) -> list[tuple[str, str, str]]:
+    """("cached", ref, commit) for each ref of `model` in the local hub cache; [] if none."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = scan_cache_dir().repos
+    except CacheNotFound:
+        return []
+    refs = {
+        ref: rev.commit_hash
+        for repo in repos
+        if repo.repo_id == model and repo.repo_type == "model"
+        for rev in repo.revisions
+        for ref in rev.refs
+    }
+    return sorted(("cached", ref, commit) for ref, commit in refs.items())
