@@ -4,9 +4,9 @@ docs/definitions.md's layer rule: layer i is the output of decoder block i (the 
 never `output_hidden_states[-1]`, which has the final norm applied). `on_blocks` calls a function
 with chosen blocks' outputs while a forward runs, optionally stops the forward after one of them,
 and always removes its hooks. The capture backends, their oracle and the toy organism read through
-it; interventions that edit a block's output at chosen layers register the same way. `Reducer` is
-the capture's in-hook reduction: response tokens to one float32 vector per sample, while the forward
-runs, so all layers x tokens x hidden never exist at once.
+it. `edit_blocks` replaces chosen blocks' outputs (interventions.py's edits, applied by
+steering/apply.py). `Reducer` is the capture's in-hook reduction: response tokens to one float32
+vector per sample, while the forward runs, so all layers x tokens x hidden never exist at once.
 """
 
 from __future__ import annotations
@@ -63,6 +63,42 @@ def on_blocks(
         yield
     except _Done:
         pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def positions_of(kwargs: Mapping, h: torch.Tensor) -> torch.Tensor:
+    """The absolute position of each token of a block's input (B, T): the model's `position_ids`
+    (generation passes them, left padding and the KV cache included), else 0..T-1."""
+    pos = kwargs.get("position_ids")
+    if pos is None:
+        return torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1)
+    return pos.to(h.device).expand(h.shape[0], -1)
+
+
+@contextmanager
+def edit_blocks(
+    model, fns: Mapping[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+) -> Iterator[None]:
+    """While open, block i's output h is replaced by `fns[i](h, positions)` in every forward.
+
+    Hooks registered after these (an `on_blocks` reader) see the edited output. The hooks go when
+    it closes, also on error.
+    """
+    blocks = decoder_of(model).layers
+
+    def hook(fn, module, args, kwargs, out):
+        h = block_output(out)
+        new = fn(h, positions_of(kwargs, h))
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    handles = [
+        blocks[layer].register_forward_hook(partial(hook, fn), with_kwargs=True)
+        for layer, fn in fns.items()
+    ]
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()
