@@ -38,6 +38,7 @@ import numpy as np
 from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.dynamics import LOADING_PCS, Reference, summarize
+from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import plain
 from persona_dynamics.readers import UNSCORED_NOTE, width
 from persona_dynamics.space import Frame, Groups
@@ -227,3 +228,25 @@ def _read_layer(g) -> SpaceLayer:
         loadings=np.concatenate([point[None], g["boot_loadings"][:]]),
         stats=stats,
     )
+
+
+def read_directions(path: Path, name: str) -> dict[int, np.ndarray]:
+    """One direction per analyzed layer of a space.h5: `axis` (raw) or `pc<k>` (unit, from 1)."""
+    out = {}
+    with h5py.File(path, "r") as h5:
+        for layer in plain(h5.attrs["layers"]):
+            g = h5[f"layer_{layer}"]
+            if name == "axis":
+                out[int(layer)] = g["axis"][:]
+            elif name.startswith("pc") and name[2:].isdigit() and int(name[2:]) >= 1:
+                k = int(name[2:])
+                if k > g["components"].shape[0]:
+                    raise PersonaDynamicsError(
+                        f"{path}: has {g['components'].shape[0]} components, no {name}"
+                    )
+                out[int(layer)] = g["components"][k - 1]
+            else:
+                raise PersonaDynamicsError(
+                    f"{path}: no direction '{name}' (known: axis, pc1, pc2, ...)"
+                )
+    return out
