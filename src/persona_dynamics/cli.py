@@ -498,6 +498,27 @@ def analyze(
     typer.echo(run_analyze(build(config, overrides)))
 
 
+@app.command()
+def calibrate(
+    config: ConfigArg,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="label to calibrate (default: steering.checkpoint)")
+    ] = None,
+    vector: Annotated[str | None, typer.Option(help="axis, pc<k>, or a .gguf / .pt file")] = None,
+    samples: Annotated[int | None, typer.Option(help="transcripts to measure (2000)")] = None,
+) -> None:
+    """Percentiles of per-token projections on the steering vector, for caps and norm units."""
+    from persona_dynamics.config import build
+    from persona_dynamics.steering.calibrate import run_calibrate
+
+    overrides = {
+        "steering.checkpoint": checkpoint,
+        "steering.vector": vector,
+        "steering.calibration_samples": samples,
+    }
+    typer.echo(run_calibrate(build(config, overrides)))
+
+
 @app.command("compare")
 def compare_stage(
     config: ConfigArg,

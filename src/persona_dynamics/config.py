@@ -219,6 +219,68 @@ class Report(Section):
     png: bool = Field(default=True, description="also write one PNG per figure")
 
 
+class SteeringSetting(Section):
+    """One intervention of a steering grid (docs/definitions.md, "Using the axis")."""
+
+    name: str = Field(description="label part, e.g. 'cap-p25': instruct+cap-p25")
+    mode: Literal["add", "ablate", "mean_ablate", "cap"] = "add"
+    coefficient: float = Field(default=0.0, description="add: c, in `unit`s")
+    unit: Literal["norm", "raw"] = Field(
+        default="norm", description="norm: c times the layer's mean residual norm (calibration)"
+    )
+    percentile: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="cap τ / mean-ablate value: a calibration percentile",
+    )
+    value: float | None = Field(default=None, description="cap τ / mean-ablate value, raw units")
+    direction: Literal["floor", "ceiling"] = Field(
+        default="floor", description="cap: keep the projection at least (floor) or at most τ"
+    )
+    scope: Literal["all", "prompt", "response", "last"] = "all"
+    layers: LayerSpec | None = Field(default=None, description="default: steering.layers")
+    vector: str | None = Field(default=None, description="default: steering.vector")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not LABEL.fullmatch(v):
+            raise ValueError("name must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> SteeringSetting:
+        if self.mode in ("cap", "mean_ablate") and (self.percentile is None) == (
+            self.value is None
+        ):
+            raise ValueError(f"{self.mode} '{self.name}' needs exactly one of percentile or value")
+        return self
+
+
+class Steering(Section):
+    """Using a direction: which vector, at which layers, on which checkpoint, and the settings."""
+
+    checkpoint: str | None = Field(default=None, description="label; default: the reference")
+    vector: str = Field(
+        default="axis", description="axis or pc<k> of the run's space.h5, or a .gguf / .pt file"
+    )
+    layers: LayerSpec = Field(default="middle", description="as capture.layers")
+    calibration_samples: int = Field(
+        default=2000, ge=1, description="transcripts whose response tokens set τ percentiles"
+    )
+    seed: int = 0
+    settings: list[SteeringSetting] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> Steering:
+        names = [s.name for s in self.settings]
+        dup = sorted({x for x in names if names.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate steering setting names: {', '.join(dup)}")
+        return self
+
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -276,7 +338,9 @@ Stage = Literal["generate", "judge", "adapters", "capture", "analyze", "compare"
 STAGES: tuple[str, ...] = Stage.__args__
 
 
-Kind = Literal["transcripts", "scores", "adapters", "activations", "analysis", "reports"]
+Kind = Literal[
+    "transcripts", "scores", "adapters", "activations", "analysis", "reports", "steering"
+]
 KINDS: tuple[str, ...] = Kind.__args__
 
 
@@ -300,6 +364,7 @@ class Study(Section):
     capture: Capture = Field(default_factory=Capture)
     analysis: Analysis = Field(default_factory=Analysis)
     adapters: Adapters | None = None
+    steering: Steering = Field(default_factory=Steering)
     report: Report = Field(default_factory=Report)
 
     @field_validator("run_name")
@@ -320,6 +385,7 @@ class Study(Section):
             ("generation.checkpoint", self.generation.checkpoint),
             *(("capture.checkpoints", x) for x in self.capture.checkpoints),
             *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
+            ("steering.checkpoint", self.steering.checkpoint),
         ):
             if value is not None and value not in labels:
                 raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")

@@ -58,6 +58,8 @@ def write_gguf(path: Path, directions: Directions, model_hint: str) -> Path:
 def read_gguf(path: Path) -> tuple[Directions, str]:
     """(directions by block, model hint) from a llama.cpp control-vector GGUF."""
     gguf = require("vectors", "gguf")
+    if not Path(path).is_file():
+        raise PersonaDynamicsError(f"{path}: no such control-vector file")
     try:
         reader = gguf.GGUFReader(path)
     except (OSError, ValueError) as exc:
