@@ -107,3 +107,54 @@ def test_a_calibration_of_another_vector_is_refused(run, tmp_path):
         intervention(load(conf2), "cap-p25", 4)
     r = cli("calibrate", str(conf), "--vector", str(tmp_path / "none.gguf"))
     assert r.returncode == 2 and "none.gguf" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_checkpoint_under_a_setting_generates_and_captures_with_it(run, tmp_path):
+    from persona_dynamics.store import ActivationStore, activations_path
+    from persona_dynamics.vectors import read_gguf
+
+    cfg, conf, model_dir, vec = run
+    data = load(conf).model_dump(mode="json", exclude_none=True)
+    data["checkpoints"].append({"label": "m+push", "model": str(model_dir), "intervention": "push"})
+    data["capture"] |= {"layers": [1, 2, 3], "device": "cpu"}
+    data["reference"] = "m"
+    data["steering"]["settings"][1]["coefficient"] = 2.0
+    steered = load(conf).model_validate(data)
+    conf2 = tmp_path / "steered.toml"
+    conf2.write_text(dump(steered))
+    r = cli("capture", str(conf2))
+    assert r.returncode == 0, r.stderr
+    with (
+        ActivationStore.open(activations_path(steered, "m")) as a,
+        ActivationStore.open(activations_path(steered, "m+push")) as b,
+    ):
+        assert b.attrs["intervention"] == "push" and a.attrs.get("intervention") is None
+        assert json.loads(b.attrs["intervention_spec"])["layers"] == [2]
+        np.testing.assert_array_equal(a.layer(1), b.layer(1))  # below the edit: untouched
+        u = read_gguf(vec)[0][2]
+        u = u / np.linalg.norm(u)
+        norm = json.loads(cfg.path("steering", "calibration.json").read_text())["layers"]["2"]
+        step = 2.0 * norm["mean_norm"] * u  # every response token moved by c * norm * u
+        np.testing.assert_allclose(b.layer(2) - a.layer(2), np.tile(step, (len(a), 1)), atol=1e-4)
+        assert np.abs(b.layer(3) - a.layer(3)).max() > 1e-2
+    data["generation"]["checkpoint"] = "m+push"
+    own = load(conf).model_validate(data)
+    conf3 = tmp_path / "own.toml"
+    conf3.write_text(dump(own))
+    r = cli("generate", str(conf3))
+    assert r.returncode == 0, r.stderr
+    out = transcripts_dir(own)
+    assert out.name == "m+push" and out != transcripts_dir(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert '"name": "push"' in json.dumps(manifest)
+    plain = {(r["role"], r["question_idx"]): r["response"] for r in read_transcripts(
+        transcripts_dir(cfg))}  # fmt: skip
+    pushed = {(r["role"], r["question_idx"]): r["response"] for r in read_transcripts(out)}
+    assert plain.keys() == pushed.keys() and plain != pushed
+    data["generation"]["backend"] = "openai"
+    data["generation"]["base_urls"] = ["http://127.0.0.1:9/v1"]
+    data["run_name"] = "served"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(dump(load(conf).model_validate(data)))
+    r = cli("generate", str(bad))
+    assert r.returncode == 2 and "cannot apply the intervention 'push'" in r.stderr

@@ -27,12 +27,12 @@ from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.layers import check as check_layers
 from persona_dynamics.roles import shipped_dir, shipped_questions
 
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 
 
 def safe_name(text: str) -> str:
     """`text` as a label or file-name part: runs of other characters than LABEL's become '_'."""
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.+\-]+", "_", text).strip("_")
 
 
 class Shard(NamedTuple):
@@ -95,12 +95,15 @@ class Checkpoint(Section):
     stage: int | None = Field(
         default=None, description="order along training; defaults to the position in the list"
     )
+    intervention: str | None = Field(
+        default=None, description="a [[steering.settings]] name applied while it runs"
+    )
 
     @field_validator("label")
     @classmethod
     def _label(cls, v: str) -> str:
         if not LABEL.fullmatch(v):
-            raise ValueError("label must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+            raise ValueError("label must be letters, digits and _ - . + (no spaces or slashes)")
         return v
 
 
@@ -246,7 +249,7 @@ class SteeringSetting(Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not LABEL.fullmatch(v):
-            raise ValueError("name must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+            raise ValueError("name must be letters, digits and _ - . + (no spaces or slashes)")
         return v
 
     @model_validator(mode="after")
@@ -312,7 +315,7 @@ class AdapterTraining(Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not LABEL.fullmatch(v):
-            raise ValueError("name must be letters, digits, '_', '-', '.' (no spaces or slashes)")
+            raise ValueError("name must be letters, digits and _ - . + (no spaces or slashes)")
         return v
 
 
@@ -371,7 +374,7 @@ class Study(Section):
     @classmethod
     def _run_name(cls, v: str) -> str:
         if not LABEL.fullmatch(v):
-            raise ValueError("run_name must be letters, digits, '_', '-', '.'")
+            raise ValueError("run_name must be letters, digits, '_', '-', '.', '+'")
         return v
 
     @model_validator(mode="after")
@@ -389,6 +392,13 @@ class Study(Section):
         ):
             if value is not None and value not in labels:
                 raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")
+        settings = [s.name for s in self.steering.settings]
+        for c in self.checkpoints:
+            if c.intervention is not None and c.intervention not in settings:
+                raise ValueError(
+                    f"checkpoint '{c.label}': intervention '{c.intervention}' is not a "
+                    f"[[steering.settings]] name (known: {settings})"
+                )
         return self
 
     def checkpoint(self, label: str) -> Checkpoint:

@@ -131,6 +131,21 @@ class Intervention:
         """The blocks it edits, ascending."""
         return sorted(self.vectors)
 
+    def describe(self) -> dict:
+        """What it does as plain data, for manifests and store attributes (vectors by digest)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for layer in self.layers:
+            h.update(str(layer).encode() + self.vectors[layer].float().cpu().numpy().tobytes())
+        return {
+            "name": self.name, "mode": self.mode, "layers": self.layers,
+            "coefficient": self.coefficient, "unit": self.unit,
+            "norms": {str(k): float(v) for k, v in (self.norms or {}).items()},
+            "values": {str(k): float(v) for k, v in (self.values or {}).items()},
+            "direction": self.direction, "scope": self.scope, "vectors_digest": h.hexdigest()[:16],
+        }  # fmt: skip
+
     def edit(self, layer: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Block `layer`'s output h (B, T, hidden) edited where `mask` (B, T), in h's dtype."""
         v = self.vectors[layer].to(h.device)

@@ -79,6 +79,8 @@ def check_identity(store: ActivationStore, ckpt: Checkpoint) -> None:
         diff.append(f"revision {a['revision']!r}, the config's {ckpt.revision!r}")
     if a.get("model") is not None and not same_place(a.get("adapter"), ckpt.adapter):
         diff.append(f"adapter {a.get('adapter')!r}, the config's {ckpt.adapter!r}")
+    if a.get("model") is not None and a.get("intervention") != ckpt.intervention:
+        diff.append(f"intervention {a.get('intervention')!r}, the config's {ckpt.intervention!r}")
     commit = a.get("commit")
     if commit and COMMIT.fullmatch(ckpt.revision) and commit != ckpt.revision:
         diff.append(f"commit {commit!r}, the config's {ckpt.revision!r}")

@@ -62,7 +62,7 @@ def transcripts_dir(cfg: Study) -> Path:
         model, rev = Path(ckpt.model).name, ckpt.label
     else:
         model, rev = safe_name(ckpt.model), safe_name(ckpt.revision)
-    if ckpt.adapter:  # an adapter's own text never mixes with its base's
+    if ckpt.adapter or ckpt.intervention:  # own text never mixes with the plain weights'
         rev = ckpt.label
     return cfg.path("transcripts", model, rev)
 

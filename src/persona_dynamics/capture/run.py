@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ from persona_dynamics.config import WHOLE, Shard, Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.layers import resolve
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
+from persona_dynamics.steering.apply import Steering, steer
+from persona_dynamics.steering.spec import intervention
 from persona_dynamics.store import ActivationStore, activations_path, write_store
 from persona_dynamics.transcripts import (
     read_selection,
@@ -177,6 +181,9 @@ def label_attrs(cfg: Study, label: str, job: Job) -> dict:
         "revision": ckpt.revision,
         "commit": job.commits[label],
         "adapter": ckpt.adapter,
+        "intervention": ckpt.intervention,
+        "intervention_spec": ckpt.intervention
+        and json.dumps(intervention(cfg, ckpt.intervention, job.shape[0]).describe()),
         "layers": job.layers,
         "aggregation": c.aggregation,
         "backend": c.backend,
@@ -264,17 +271,27 @@ def loaded_backend(cfg: Study, label: str, job: Job):
     free it afterwards."""
     import torch
 
-    c = cfg.capture
-    loaded = load_model(
-        cfg.checkpoint(label), c.device, c.model_dtype, c.backend == "lens", job.commits[label]
-    )
+    c, ckpt = cfg.capture, cfg.checkpoint(label)
+    loaded = load_model(ckpt, c.device, c.model_dtype, c.backend == "lens", job.commits[label])
     try:
-        yield make_backend(c.backend, loaded.model, job.layers, c.aggregation, job.tokenizer)
+        backend = make_backend(c.backend, loaded.model, job.layers, c.aggregation, job.tokenizer)
+        if ckpt.intervention is None:
+            yield backend
+        else:
+            edit = intervention(cfg, ckpt.intervention, job.shape[0])
+            with steer(loaded.model, edit) as steering:
+                yield partial(steered, backend, steering)
     finally:
         del loaded
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def steered(backend, steering: Steering, ids, start, end):
+    """Run a batch under an intervention whose prompt and response are the samples' spans."""
+    steering.spans(start.tolist(), end.tolist())
+    return backend(ids, start, end)
 
 
 def compute_blocks(

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 from persona_dynamics.chat import template_hash
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import Request, Result, Sampling, encode_prompt
+from persona_dynamics.interventions import Intervention
 from persona_dynamics.models import load_model, load_tokenizer, resolve_commit
+from persona_dynamics.steering.apply import steer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,12 @@ class HFGenerator:
     name = "hf"
 
     def __init__(
-        self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", batch_tokens: int = 16384
+        self,
+        ckpt: Checkpoint,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int = 16384,
+        intervention: Intervention | None = None,
     ):
         commit = resolve_commit(ckpt.model, ckpt.revision)  # once: tokenizer and weights load at it
         self.tokenizer = load_tokenizer(ckpt.model, commit or ckpt.revision)
@@ -119,6 +127,7 @@ class HFGenerator:
         self.model = self.loaded.model
         self.ckpt = ckpt
         self.batch_tokens = batch_tokens
+        self.intervention = intervention
         cfg_eos = self.model.generation_config.eos_token_id
         eos = cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]
         self.eos = sorted({t for t in [*eos, self.tokenizer.eos_token_id] if t is not None})
@@ -136,6 +145,7 @@ class HFGenerator:
             "chat_template_hash": self.template,
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
+            "intervention": self.intervention and self.intervention.describe(),
         }
 
     def generate(self, requests: list[Request], sampling: Sampling) -> Iterator[list[Result]]:
@@ -175,7 +185,10 @@ class HFGenerator:
         sampler = seeded_sampler(
             [r.rollout_seed(k) for r, k in rows], sampling.temperature, sampling.top_p, width
         )
-        with torch.inference_mode():
+        edit = steer(self.model, self.intervention) if self.intervention else nullcontext()
+        with torch.inference_mode(), edit as steering:
+            if steering is not None:  # a prompt ends where its tokens do; the rest is response
+                steering.spans([len(p) for p in prompts])
             out = self.model.generate(
                 input_ids=input_ids.to(self.model.device),
                 attention_mask=mask.to(self.model.device),

@@ -38,10 +38,23 @@ log = logging.getLogger(__name__)
 def make_generator(cfg: Study, backend: str) -> Generator:
     """The sampling backend of a study's generating checkpoint."""
     gen, ckpt = cfg.generation, cfg.generating_checkpoint()
+    edit = None
+    if ckpt.intervention:
+        if backend != "hf":
+            raise PersonaDynamicsError(
+                f"checkpoint '{ckpt.label}': backend '{backend}' cannot apply the intervention "
+                f"'{ckpt.intervention}' (forward hooks need the model in this process); "
+                "use generation.backend = 'hf'"
+            )
+        from persona_dynamics.models import load_config
+        from persona_dynamics.steering.spec import intervention
+
+        n_layers = load_config(ckpt.model, ckpt.revision).num_hidden_layers
+        edit = intervention(cfg, ckpt.intervention, n_layers)
     if backend == "hf":
         from persona_dynamics.generation.hf import HFGenerator
 
-        return HFGenerator(ckpt, gen.device, gen.dtype, gen.batch_tokens)
+        return HFGenerator(ckpt, gen.device, gen.dtype, gen.batch_tokens, edit)
     if backend == "vllm":
         from persona_dynamics.generation.vllm import VLLMGenerator
 
