@@ -519,6 +519,15 @@ def calibrate(
     typer.echo(run_calibrate(build(config, overrides)))
 
 
+@app.command("steer")
+def steer_stage(config: ConfigArg) -> None:
+    """Generate, judge and measure every [[steering.settings]] entry: the dose-response table."""
+    from persona_dynamics.config import build
+    from persona_dynamics.pipeline import run_steer
+
+    typer.echo(run_steer(build(config, {})))
+
+
 @app.command("compare")
 def compare_stage(
     config: ConfigArg,

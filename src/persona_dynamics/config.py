@@ -272,6 +272,16 @@ class Steering(Section):
     calibration_samples: int = Field(
         default=2000, ge=1, description="transcripts whose response tokens set τ percentiles"
     )
+    roles: list[str] = Field(
+        default_factory=list, description="`steer`: roles to answer as (default: roles.include)"
+    )
+    question_count: int | None = Field(
+        default=None, ge=1, description="`steer`: first N questions (default: roles')"
+    )
+    capability_text: Path | None = Field(
+        default=None, description="plain passages, one per line; default: baseline's default text"
+    )
+    bootstrap: int = Field(default=200, ge=0, description="replicates over questions")
     seed: int = 0
     settings: list[SteeringSetting] = Field(default_factory=list)
 

@@ -25,7 +25,7 @@ from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.files import write_json, write_text
 from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows
 from persona_dynamics.roles import DEFAULT, digest
-from persona_dynamics.transcripts import read_selection, selection, transcripts_dir
+from persona_dynamics.transcripts import read_selection, scores_path, selection, transcripts_dir
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def check_judge(scores_dir: Path, identity: dict) -> None:
 
 def check_scores_judge(cfg: Study) -> None:
     """Refuse, before analysis reads them, scores whose recorded judge is not the config's."""
-    out = cfg.path("scores")
+    out = scores_path(cfg)
     old = read_judge(out)
     if old is None:
         log.warning(
@@ -313,7 +313,7 @@ def run_judge(cfg: Study) -> Path:
             "holds no role transcripts, and the default Assistant's are not judged"
         )
     rubric = {r.name: r.eval_prompt for r in roles if r.name in {x["role"] for x in rows}}
-    out = cfg.path("scores")
+    out = scores_path(cfg)
     identity = judge_identity(jcfg, rubric)
     check_judge(out, identity)
     write_judge(out, identity)

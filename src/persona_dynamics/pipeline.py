@@ -100,6 +100,28 @@ def run_own_text(cfg: Study, labels: list[str] | None = None) -> list[Path]:
     return [own_text_store(cfg, label) for label in labels]
 
 
+def run_steer(cfg: Study) -> Path:
+    """Generate and judge the steering checkpoint under every steering setting (and unsteered,
+    the baseline), then measure the dose-response: `steering/<run>/dose_response.csv`."""
+    from persona_dynamics.generation import run_generate
+    from persona_dynamics.judge import run_judge
+    from persona_dynamics.steering.run import run_dose
+    from persona_dynamics.steering.spec import steered_study
+    from persona_dynamics.transcripts import selection
+
+    if not cfg.steering.settings:
+        raise PersonaDynamicsError("no [[steering.settings]] in the config: nothing to steer")
+    if cfg.judge is None:
+        raise PersonaDynamicsError("steer needs a [judge] section to score the steered answers")
+    for name in [None, *(s.name for s in cfg.steering.settings)]:
+        sub = steered_study(cfg, name)
+        log.info("steering setting %s ...", name or "none (baseline)")
+        run_generate(sub)
+        if any(not r.is_default for r in selection(sub)[0]):  # the default is never judged
+            run_judge(sub)
+    return run_dose(cfg)
+
+
 def claim_own_text(own: Study, label: str) -> None:
     """Record which adapter weights write this own-text directory; refuse other weights."""
     from persona_dynamics.adapters.place import OWN_TEXT_MARKER, adapter_digest, own_text_store

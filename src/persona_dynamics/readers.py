@@ -23,6 +23,7 @@ from persona_dynamics.models import is_local
 from persona_dynamics.roles import DEFAULT
 from persona_dynamics.space import Groups, GroupSums, make_groups
 from persona_dynamics.store import ActivationStore, activations_path
+from persona_dynamics.transcripts import scores_path
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
         log.warning("%s; add a [judge] section and run `judge` to filter by role expression",
                     UNSCORED_NOTE)  # fmt: skip
         return None
-    table = load_scores(cfg.path("scores"))
+    table = load_scores(scores_path(cfg))
     if table:
         check_scores_judge(cfg)
     if not table:

@@ -67,6 +67,15 @@ def transcripts_dir(cfg: Study) -> Path:
     return cfg.path("transcripts", model, rev)
 
 
+def scores_path(cfg: Study) -> Path:
+    """Where the judge's scores of `transcripts_dir(cfg)` live: `scores/<run>`, and for the text
+    of an adapter or of a checkpoint under an intervention `scores/<run>/<label>`."""
+    ckpt = cfg.generating_checkpoint()
+    if ckpt.adapter or ckpt.intervention:
+        return cfg.path("scores", ckpt.label)
+    return cfg.path("scores")
+
+
 def part_path(directory: Path, role: str, shard: Shard = WHOLE) -> Path:
     """The file a (role, shard) appends to."""
     if shard.count == 1:

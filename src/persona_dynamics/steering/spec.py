@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persona_dynamics.config import Steering, SteeringSetting, Study
+from persona_dynamics.config import Steering, SteeringSetting, Study, parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.interventions import Intervention
 from persona_dynamics.layers import resolve
@@ -95,3 +95,25 @@ def intervention(cfg: Study, name: str, n_layers: int) -> Intervention:
         scope=st.scope,
         name=name,
     )
+
+
+def steered_study(cfg: Study, name: str | None) -> Study:
+    """The study whose generating checkpoint is the steering checkpoint under setting `name`
+    (None: unsteered), over steering.roles and steering.question_count when given."""
+    base = cfg.checkpoint(cfg.steering.checkpoint or cfg.reference_label)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    label = base.label
+    if name is not None:
+        setting(cfg, name)
+        label = f"{base.label}+{name}"
+        ckpt = base.model_dump(mode="json", exclude_none=True) | {"label": label}
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["label"] != label]
+        data["checkpoints"].append(ckpt | {"intervention": name})
+    data["reference"] = cfg.reference_label
+    data["generation"]["checkpoint"] = label
+    s = cfg.steering
+    if s.roles:
+        data["roles"]["include"] = list(s.roles)
+    if s.question_count is not None:
+        data["roles"]["question_count"] = s.question_count
+    return parse(data, f"steering setting {name or 'none'}")
