@@ -28,6 +28,8 @@ HEAVY = {
     "adapters",
     "toy",
     "revisions",
+    "calibrate",
+    "steer",
 }
 
 
