@@ -30,6 +30,7 @@ HEAVY = {
     "revisions",
     "calibrate",
     "steer",
+    "drift",
 }
 
 

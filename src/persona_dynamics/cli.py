@@ -528,6 +528,24 @@ def steer_stage(config: ConfigArg) -> None:
     typer.echo(run_steer(build(config, {})))
 
 
+@app.command()
+def drift(
+    config: ConfigArg,
+    turns: Annotated[
+        int | None, typer.Option(help="first N user turns of each conversation")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="comma-separated labels (default: all)")
+    ] = None,
+) -> None:
+    """Multi-turn conversations under each checkpoint, each assistant turn on the axis."""
+    from persona_dynamics.config import build
+    from persona_dynamics.drift.run import run_drift
+
+    overrides = {"drift.turns": turns, "drift.checkpoints": labels and labels.split(",")}
+    typer.echo(run_drift(build(config, overrides)))
+
+
 @app.command("compare")
 def compare_stage(
     config: ConfigArg,

@@ -294,6 +294,30 @@ class Steering(Section):
         return self
 
 
+class Drift(Section):
+    """Persona drift: multi-turn conversations, each assistant turn projected on the axis."""
+
+    scripts: list[Path] = Field(
+        default_factory=list, description="scripted user turns per domain; default: shipped sets"
+    )
+    transcripts: list[Path] = Field(
+        default_factory=list, description="upstream-format conversations (persona_drift/*.json)"
+    )
+    regenerate: bool = Field(
+        default=False, description="transcripts: write the assistant side anew instead of as is"
+    )
+    turns: int | None = Field(default=None, ge=1, description="first N user turns only")
+    checkpoints: list[str] = Field(default_factory=list, description="labels; empty means all")
+    layers: LayerSpec = Field(
+        default_factory=list, description="as capture.layers; empty means every analyzed layer"
+    )
+    max_tokens: int = Field(default=128, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    seed: int = 0
+    bootstrap: int = Field(default=200, ge=0, description="replicates over conversations")
+
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -352,7 +376,7 @@ STAGES: tuple[str, ...] = Stage.__args__
 
 
 Kind = Literal[
-    "transcripts", "scores", "adapters", "activations", "analysis", "reports", "steering"
+    "transcripts", "scores", "adapters", "activations", "analysis", "reports", "steering", "drift"
 ]
 KINDS: tuple[str, ...] = Kind.__args__
 
@@ -378,6 +402,7 @@ class Study(Section):
     analysis: Analysis = Field(default_factory=Analysis)
     adapters: Adapters | None = None
     steering: Steering = Field(default_factory=Steering)
+    drift: Drift = Field(default_factory=Drift)
     report: Report = Field(default_factory=Report)
 
     @field_validator("run_name")
@@ -399,6 +424,7 @@ class Study(Section):
             *(("capture.checkpoints", x) for x in self.capture.checkpoints),
             *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
             ("steering.checkpoint", self.steering.checkpoint),
+            *(("drift.checkpoints", x) for x in self.drift.checkpoints),
         ):
             if value is not None and value not in labels:
                 raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")

@@ -250,3 +250,12 @@ def read_directions(path: Path, name: str) -> dict[int, np.ndarray]:
                     f"{path}: no direction '{name}' (known: axis, pc1, pc2, ...)"
                 )
     return out
+
+
+def read_axis_frame(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(mean role vector, unit axis) per analyzed layer: what p(v) = (v - mean) · û needs."""
+    with h5py.File(path, "r") as h5:
+        return {
+            int(layer): (h5[f"layer_{layer}"]["mean"][:], h5[f"layer_{layer}"]["axis_unit"][:])
+            for layer in plain(h5.attrs["layers"])
+        }

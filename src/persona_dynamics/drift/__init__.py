@@ -1,0 +1,1 @@
+"""Persona drift over multi-turn conversations (run.py) and its per-turn slopes (slopes.py)."""
