@@ -546,6 +546,15 @@ def drift(
     typer.echo(run_drift(build(config, overrides)))
 
 
+@app.command()
+def traits(config: ConfigArg) -> None:
+    """Trait vectors from contrasting system prompts, judged 0-100 (persona_vectors' method)."""
+    from persona_dynamics.config import build
+    from persona_dynamics.traits.run import run_traits
+
+    typer.echo(run_traits(build(config, {})))
+
+
 @app.command("compare")
 def compare_stage(
     config: ConfigArg,

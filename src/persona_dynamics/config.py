@@ -318,6 +318,25 @@ class Drift(Section):
     bootstrap: int = Field(default=200, ge=0, description="replicates over conversations")
 
 
+class Traits(Section):
+    """Trait vectors (persona_vectors' method): contrasting system prompts, judged 0-100."""
+
+    specs: list[Path] = Field(default_factory=list, description="persona_vectors trait files")
+    checkpoint: str | None = Field(default=None, description="label; default: the reference")
+    question_count: int | None = Field(default=None, ge=1, description="first N questions")
+    holdout: float = Field(
+        default=0.2, ge=0.0, lt=1.0, description="share of questions left out, for the AUC"
+    )
+    rollouts: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=128, gt=0)
+    seed: int = 0
+    threshold: float = Field(default=50.0, description="kept: positive >= it, negative < it")
+    coherence: float = Field(default=50.0, description="kept: coherence >= it")
+    layers: LayerSpec = Field(default="all", description="as capture.layers")
+
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -376,7 +395,15 @@ STAGES: tuple[str, ...] = Stage.__args__
 
 
 Kind = Literal[
-    "transcripts", "scores", "adapters", "activations", "analysis", "reports", "steering", "drift"
+    "transcripts",
+    "scores",
+    "adapters",
+    "activations",
+    "analysis",
+    "reports",
+    "steering",
+    "drift",
+    "traits",
 ]
 KINDS: tuple[str, ...] = Kind.__args__
 
@@ -403,6 +430,7 @@ class Study(Section):
     adapters: Adapters | None = None
     steering: Steering = Field(default_factory=Steering)
     drift: Drift = Field(default_factory=Drift)
+    traits: Traits = Field(default_factory=Traits)
     report: Report = Field(default_factory=Report)
 
     @field_validator("run_name")
@@ -425,6 +453,7 @@ class Study(Section):
             *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
             ("steering.checkpoint", self.steering.checkpoint),
             *(("drift.checkpoints", x) for x in self.drift.checkpoints),
+            ("traits.checkpoint", self.traits.checkpoint),
         ):
             if value is not None and value not in labels:
                 raise ValueError(f"{field} names unknown checkpoint '{value}' (known: {labels})")
