@@ -31,6 +31,7 @@ HEAVY = {
     "calibrate",
     "steer",
     "drift",
+    "vectors",
 }
 
 

@@ -102,3 +102,36 @@ def test_space_directions_are_the_analyzed_axis_and_pcs(tmp_path):
         read_directions(space, "pc9")
     with pytest.raises(PersonaDynamicsError, match="no direction 'axes'"):
         read_directions(space, "axes")
+
+
+def test_export_writes_the_space_axis_as_a_control_vector(tmp_path):
+    from persona_dynamics.config import dump
+
+    from helpers.cli import cli
+
+    cfg = planted_run.build(tmp_path, adapter=False, across=False)
+    conf = tmp_path / "study.toml"
+    conf.write_text(dump(cfg))
+    r = cli("vectors", "export", str(conf), "--out", str(tmp_path / "axis.gguf"), "--unit",
+            "--scale", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "block 0 left out" in r.stderr  # layers 0, 2, 3 were analyzed
+    back, hint = read_gguf(tmp_path / "axis.gguf")
+    axis = read_directions(cfg.path("analysis") / "space.h5", "axis")
+    assert sorted(back) == [2, 3] and hint == "olmo2"
+    for i in (2, 3):
+        np.testing.assert_allclose(back[i], 2 * axis[i] / np.linalg.norm(axis[i]), rtol=1e-6)
+
+
+def test_trait_vectors_are_read_by_name(tmp_path):
+    from persona_dynamics.traits.run import write_vectors
+    from persona_dynamics.vectors import read_trait
+
+    v = rng.normal(size=(2, 16)).astype(np.float32)
+    counts = {"n_pos": 3, "n_neg": 4, "n_answers": 10}
+    write_vectors(tmp_path / "vectors.h5", {"formal": v}, [1, 5], {"formal": counts}, {})
+    got = read_trait(tmp_path / "vectors.h5", "formal")
+    assert sorted(got) == [1, 5]
+    np.testing.assert_array_equal(got[5], v[1])
+    with pytest.raises(PersonaDynamicsError, match="no trait 'rude' \\(has: formal\\)"):
+        read_trait(tmp_path / "vectors.h5", "rude")

@@ -278,6 +278,37 @@ def revisions(
     typer.echo(f"{out}: {len(refs)} revision(s) of {model_id} added before '{cfg.reference_label}'")
 
 
+# --- vectors -------------------------------------------------------------------------------------
+
+vectors_app = typer.Typer(
+    help="Directions in and out: llama.cpp control vectors.", no_args_is_help=True
+)
+app.add_typer(vectors_app, name="vectors")
+
+
+@vectors_app.command("export")
+def vectors_export(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option(help="the .gguf file to write")],
+    vector: Annotated[str, typer.Option(help="axis, pc<k>, trait:<name>, a .pt file")] = "axis",
+    scale: Annotated[float, typer.Option(help="multiply every direction (unit: 1/‖v‖)")] = 1.0,
+    unit: Annotated[bool, typer.Option(help="write unit vectors (then times --scale)")] = False,
+    model_hint: Annotated[str, typer.Option(help="controlvector.model_hint")] = "olmo2",
+) -> None:
+    """Write a study's direction as a llama.cpp control vector (direction.i = block i's output)."""
+    import numpy as np
+
+    from persona_dynamics.config import build
+    from persona_dynamics.steering.spec import study_vector
+    from persona_dynamics.vectors import write_gguf
+
+    dirs = study_vector(build(config, {}), vector)
+    if 0 in dirs:
+        typer.echo("note: block 0 left out (llama.cpp control vectors cannot act on it)", err=True)
+    dirs = {i: (v / np.linalg.norm(v) if unit else v) * scale for i, v in dirs.items() if i > 0}
+    typer.echo(write_gguf(out, dirs, model_hint))
+
+
 # --- adapters ------------------------------------------------------------------------------------
 
 adapters_app = typer.Typer(

@@ -1,4 +1,4 @@
-"""Directions from anywhere, keyed by our layer index: space.h5, GGUF control vectors, upstream .pt.
+"""Directions from anywhere, keyed by our layer index: space.h5, traits, GGUF, upstream .pt.
 
 Our layer i is decoder block i's output (docs/definitions.md). llama.cpp adds a control vector's
 `direction.i` after block i too, but never at block 0 (its index 0 is reserved), so a block-0
@@ -140,3 +140,16 @@ def read_upstream_capping(path: Path, experiment: str) -> list[Intervention]:
             )
         )
     return out
+
+
+def read_trait(path: Path, name: str) -> Directions:
+    """One trait's vector per layer from a run's traits/<run>/vectors.h5."""
+    import h5py
+
+    if not Path(path).is_file():
+        raise PersonaDynamicsError(f"{path}: no trait vectors; run `persona-dynamics traits`")
+    with h5py.File(path, "r") as h5:
+        if name not in h5:
+            raise PersonaDynamicsError(f"{path}: no trait '{name}' (has: {', '.join(h5)})")
+        vecs = h5[name]["vectors"][:]
+        return {int(i): vecs[s] for s, i in enumerate(h5.attrs["layers"])}

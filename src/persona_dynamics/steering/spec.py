@@ -19,15 +19,18 @@ from persona_dynamics.interventions import Intervention
 from persona_dynamics.layers import resolve
 from persona_dynamics.spacefile import read_directions
 from persona_dynamics.steering.calibration import Calibration, read_calibration, vector_digest
-from persona_dynamics.vectors import read_gguf, read_upstream_axis
+from persona_dynamics.vectors import read_gguf, read_trait, read_upstream_axis
 
 
 def study_vector(cfg: Study, spec: str) -> dict[int, np.ndarray]:
-    """The direction per layer that `spec` names: axis / pc<k> of the run's space, or a file."""
+    """The direction per layer that `spec` names: axis / pc<k> of the run's space, trait:<name>
+    of the run's trait vectors, or a .gguf / .pt file."""
     if spec.endswith(".gguf"):
         return read_gguf(Path(spec))[0]
     if spec.endswith(".pt"):
         return read_upstream_axis(Path(spec))
+    if spec.startswith("trait:"):
+        return read_trait(cfg.path("traits", "vectors.h5"), spec.removeprefix("trait:"))
     space = cfg.path("analysis", "space.h5")
     if not space.exists():
         raise PersonaDynamicsError(
