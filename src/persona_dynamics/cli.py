@@ -586,6 +586,15 @@ def traits(config: ConfigArg) -> None:
     typer.echo(run_traits(build(config, {})))
 
 
+@app.command()
+def shift(config: ConfigArg) -> None:
+    """How far each adapter and stage moved along each trait and the axis, and the prediction."""
+    from persona_dynamics.config import build
+    from persona_dynamics.traits.shift import run_shift
+
+    typer.echo(run_shift(build(config, {})))
+
+
 @app.command("compare")
 def compare_stage(
     config: ConfigArg,
