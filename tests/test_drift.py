@@ -82,7 +82,9 @@ def test_drift_turns_and_slopes(tmp_path):
     replies = dialogues["therapy-grief"]["replies"]
     tok = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    enc = encode(tok, history(conv, replies, 2), replies[2])
+    users = dialogues["therapy-grief"]["users"]
+    assert users == list(conv.turns[:3])
+    enc = encode(tok, history(conv, users, replies, 2), replies[2])
     with torch.inference_mode():
         hs = lm(torch.tensor([enc.input_ids]), output_hidden_states=True).hidden_states
     with h5py.File(cfg.path("analysis", "space.h5")) as h5:
@@ -103,3 +105,30 @@ def test_drift_turns_and_slopes(tmp_path):
     assert (out / "m.jsonl").stat().st_mtime_ns == stamp
     r = cli("drift", str(conf), "--labels", "nope")
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_user_simulator_writes_the_later_user_turns(tmp_path):
+    model = write_tiny(tmp_path / "m", "olmo2")
+    cfg = make_study(
+        tmp_path / "out",
+        checkpoints=[{"label": "m", "model": str(model)}],
+        roles={"include": ["pirate", "librarian", "wizard"], "question_count": 3},
+        generation={"backend": "hf", "temperature": 0.0, "max_tokens": 10, "device": "cpu"},
+        capture={"layers": [2], "device": "cpu"},
+        analysis={"bootstrap": 0, "n_components": 3, "min_samples": 2},
+        drift={"scripts": [str(shipped_dir() / "writing.json")], "turns": 4, "max_tokens": 8,
+               "user_simulator": "m", "bootstrap": 0},
+    )  # fmt: skip
+    conf = tmp_path / "study.toml"
+    conf.write_text(dump(cfg))
+    for stage in ("generate", "capture", "analyze", "drift"):
+        r = cli(stage, str(conf))
+        assert r.returncode == 0, (stage, r.stderr)
+    lines = [json.loads(x) for x in (cfg.path("drift") / "m.jsonl").read_text().splitlines()]
+    script = json.loads((shipped_dir() / "writing.json").read_text())["conversations"]
+    for line, conv in zip(lines, script, strict=True):
+        assert len(line["users"]) == len(line["replies"]) == 4
+        assert line["users"][0] == conv["turns"][0]  # the script opens
+        assert line["users"][1:] != conv["turns"][1:4]  # the simulator wrote the rest
+        assert line["settings"]["user_simulator"] == "m"
+    assert len(read(cfg.path("drift") / "turns.csv")) == 2 * 4

@@ -306,7 +306,12 @@ class Drift(Section):
     regenerate: bool = Field(
         default=False, description="transcripts: write the assistant side anew instead of as is"
     )
-    turns: int | None = Field(default=None, ge=1, description="first N user turns only")
+    turns: int | None = Field(
+        default=None, ge=1, description="first N user turns; with a simulator, N turns in all"
+    )
+    user_simulator: str | None = Field(
+        default=None, description="label whose model writes every user turn after the first"
+    )
     checkpoints: list[str] = Field(default_factory=list, description="labels; empty means all")
     layers: LayerSpec = Field(
         default_factory=list, description="as capture.layers; empty means every analyzed layer"
@@ -453,6 +458,7 @@ class Study(Section):
             *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
             ("steering.checkpoint", self.steering.checkpoint),
             *(("drift.checkpoints", x) for x in self.drift.checkpoints),
+            ("drift.user_simulator", self.drift.user_simulator),
             ("traits.checkpoint", self.traits.checkpoint),
         ):
             if value is not None and value not in labels:

@@ -37,13 +37,27 @@ from persona_dynamics.steering.spec import intervention
 log = logging.getLogger(__name__)
 
 
-def history(conv: Conversation, replies: list[str], turn: int) -> list[dict]:
+def history(conv: Conversation, users: list[str], replies: list[str], turn: int) -> list[dict]:
     """The messages the model sees before answering user turn `turn` (0-based)."""
     msgs = [{"role": "system", "content": conv.system}] if conv.system else []
     for t in range(turn):
-        msgs += [{"role": "user", "content": conv.turns[t]},
+        msgs += [{"role": "user", "content": users[t]},
                  {"role": "assistant", "content": replies[t]}]  # fmt: skip
-    return [*msgs, {"role": "user", "content": conv.turns[turn]}]
+    return [*msgs, {"role": "user", "content": users[turn]}]
+
+
+SIMULATOR = (
+    "You are a person talking with an AI assistant about {domain}. Write your next message to "
+    "it: one or two sentences, in your own voice, nothing else."
+)
+
+
+def simulated(conv: Conversation, users: list[str], replies: list[str]) -> list[dict]:
+    """The user simulator's view: roles swapped, so it answers the assistant's last reply."""
+    msgs = [{"role": "system", "content": SIMULATOR.format(domain=conv.domain)}]
+    for u, r in zip(users, replies, strict=True):
+        msgs += [{"role": "assistant", "content": u}, {"role": "user", "content": r}]
+    return msgs
 
 
 def settings(cfg: Study, label: str) -> dict:
@@ -52,31 +66,45 @@ def settings(cfg: Study, label: str) -> dict:
     return {"label": label, "model": ckpt.model, "revision": ckpt.revision,
             "adapter": ckpt.adapter, "intervention": ckpt.intervention,
             "max_tokens": d.max_tokens, "temperature": d.temperature, "top_p": d.top_p,
-            "seed": d.seed, "regenerate": d.regenerate}  # fmt: skip
+            "seed": d.seed, "regenerate": d.regenerate, "user_simulator": d.user_simulator,
+            "turns": d.turns}  # fmt: skip
 
 
-def dialogues(cfg: Study, label: str, convs: list[Conversation], gen) -> dict[str, list[str]]:
-    """Each conversation's assistant replies under `label`: generated turn by turn (batched
-    across conversations), or a transcript's own when it has them and regenerate is off."""
+def dialogues(
+    cfg: Study, label: str, convs: list[Conversation], gen, simulator=None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Each conversation's (user turns, assistant replies) under `label`, turn by turn, batched
+    across conversations; a transcript keeps its own replies unless regenerate is on. With a
+    user simulator every user turn after the script's first is written by it."""
     d = cfg.drift
+    users = {c.name: list(c.turns[:1] if simulator else c.turns) for c in convs}
     replies = {c.name: [] for c in convs}
     todo = [c for c in convs if c.replies is None or d.regenerate]
     for c in convs:
         if c not in todo:
-            replies[c.name] = list(c.replies)
+            users[c.name], replies[c.name] = list(c.turns), list(c.replies)
+    length = {c.name: (d.turns or len(c.turns)) if simulator else len(c.turns) for c in todo}
     sampling = Sampling(d.temperature, d.top_p, d.max_tokens, d.seed)
-    for turn in tqdm(range(max((len(c.turns) for c in todo), default=0)),
-                     desc=f"drift {label}", unit="turn"):  # fmt: skip
-        reqs = [Request((c.name, turn, 0), tuple(history(c, replies[c.name], turn)), (0,),
-                        derive_seed(d.seed, c.name, turn))
-                for c in todo if turn < len(c.turns)]  # fmt: skip
+    for turn in tqdm(range(max(length.values(), default=0)), desc=f"drift {label}", unit="turn"):
+        live = [c for c in todo if turn < length[c.name]]
+        if simulator is not None and turn > 0:
+            reqs = [
+                Request((c.name, turn, 1), tuple(simulated(c, users[c.name], replies[c.name])),
+                        (0,), derive_seed(d.seed, c.name, turn, "user"))
+                for c in live
+            ]  # fmt: skip
+            for batch in simulator.generate(reqs, sampling):
+                for res in batch:
+                    users[res.request.id[0]].append(res.response)
+        reqs = [Request((c.name, turn, 0), tuple(history(c, users[c.name], replies[c.name], turn)),
+                        (0,), derive_seed(d.seed, c.name, turn)) for c in live]  # fmt: skip
         for batch in gen.generate(reqs, sampling):
             for res in batch:
                 replies[res.request.id[0]].append(res.response)
-    return replies
+    return {c.name: (users[c.name], replies[c.name]) for c in convs}
 
 
-def project(model, tok, convs, replies, layers, frame) -> dict[tuple[str, int, int], float]:
+def project(model, tok, convs, talks, layers, frame) -> dict[tuple[str, int, int], float]:
     """(conversation, turn, layer) -> p of that assistant turn's mean block output."""
     device = next(model.parameters()).device
     mean = {i: torch.as_tensor(frame[i][0], device=device).float() for i in layers}
@@ -88,8 +116,9 @@ def project(model, tok, convs, replies, layers, frame) -> dict[tuple[str, int, i
 
     out = {}
     for c in convs:
-        for turn, reply in enumerate(replies[c.name]):
-            enc = encode(tok, history(c, replies[c.name], turn), reply)
+        users, replies = talks[c.name]
+        for turn, reply in enumerate(replies):
+            enc = encode(tok, history(c, users, replies, turn), reply)
             if enc.n_response == 0:  # an empty reply has no mean: kept, as NaN
                 out.update({(c.name, turn, i): float("nan") for i in layers})
                 continue
@@ -115,23 +144,30 @@ def run_drift(cfg: Study) -> Path:
     if missing:
         raise PersonaDynamicsError(f"drift.layers {missing}: not analyzed in {space_path}")
     convs = load_conversations(d.scripts, d.transcripts)
-    if d.turns:
+    if d.turns and not d.user_simulator:
         convs = [cut(c, d.turns) for c in convs]
     gen_ckpt = cfg.generating_checkpoint()
     tok = load_tokenizer(gen_ckpt.model, gen_ckpt.revision)  # the span rule's, as capture's
     out = cfg.path("drift")
     out.mkdir(parents=True, exist_ok=True)
+    simulator = None
+    if d.user_simulator:
+        g = cfg.generation
+        simulator = HFGenerator(cfg.checkpoint(d.user_simulator), g.device, g.dtype, g.batch_tokens)
     rows = []
     for label in d.checkpoints or [c.label for c in cfg.checkpoints]:
         path, want = out / f"{label}.jsonl", settings(cfg, label)
-        replies = read_dialogues(path, want, convs)
-        model = answering_model(cfg, label, needs=replies is None and generates(cfg, convs))
-        if replies is None:
-            replies = dialogues(cfg, label, convs, model)
-            lines = [{"settings": want, "conversation": c.name, "domain": c.domain,
-                      "replies": replies[c.name]} for c in convs]  # fmt: skip
+        talks = read_dialogues(path, want, convs)
+        model = answering_model(cfg, label, needs=talks is None and generates(cfg, convs))
+        if talks is None:
+            talks = dialogues(cfg, label, convs, model, simulator)
+            lines = [
+                {"settings": want, "conversation": c.name, "domain": c.domain,
+                 "users": talks[c.name][0], "replies": talks[c.name][1]}
+                for c in convs
+            ]  # fmt: skip
             write_text(path, "".join(json.dumps(x) + "\n" for x in lines))
-        proj = project(model.model, tok, convs, replies, layers, frame)
+        proj = project(model.model, tok, convs, talks, layers, frame)
         del model
         for (name, turn, layer), p in sorted(proj.items()):
             lay = saved.per_layer[layer]
@@ -181,12 +217,13 @@ def answering_model(cfg: Study, label: str, needs: bool):
 
 
 def read_dialogues(path: Path, want: dict, convs: list[Conversation]) -> dict | None:
-    """A label's saved dialogues when they were made the same way for the same conversations."""
+    """A label's saved (users, replies) when made the same way for the same conversations."""
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    got = {r["conversation"]: r["replies"] for r in rows if r.get("settings") == want}
-    if set(got) != {c.name for c in convs} or any(len(got[c.name]) != len(c.turns) for c in convs):
+    got = {r["conversation"]: (r["users"], r["replies"]) for r in rows
+           if r.get("settings") == want}  # fmt: skip
+    if set(got) != {c.name for c in convs}:
         log.info("%s: made otherwise or for other conversations; generating anew", path)
         return None
     return got
