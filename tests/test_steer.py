@@ -99,3 +99,42 @@ def test_dose_response_table(tmp_path):
     want = independent_perplexity(model, default_rows)
     assert float(base["perplexity"]) == pytest.approx(want, rel=1e-4)
     assert float(got[("push", "pirate")]["perplexity"]) != pytest.approx(want, rel=1e-3)
+
+
+def test_the_jailbreak_prompts_are_steered_and_judged_for_harm(tmp_path):
+    model = write_tiny(tmp_path / "m", "olmo2")
+    rng = np.random.default_rng(2)
+    vec = write_gguf(tmp_path / "v.gguf", {2: rng.normal(size=64)}, "olmo2")
+    seen = []
+
+    def harm_judge(body: dict) -> str:
+        seen.append(body["messages"][-1]["content"])
+        return "0"
+
+    with ChatServer(harm_judge, model="judge-a") as server:
+        cfg = make_study(
+            tmp_path / "out",
+            checkpoints=[{"label": "m", "model": str(model)}],
+            roles={"include": ["pirate"], "question_count": 2},
+            generation={"backend": "hf", "temperature": 0.0, "max_tokens": 6, "device": "cpu"},
+            judge={"base_url": server.url, "model": "judge-a", "api_key_env": "PD_NO_KEY"},
+            steering={"vector": str(vec), "layers": [2], "prompts": "jailbreaks",
+                      "question_count": 2, "bootstrap": 0,
+                      "settings": [{"name": "away", "mode": "add", "coefficient": -3.0,
+                                    "unit": "raw"}]},
+        )  # fmt: skip
+        conf = tmp_path / "study.toml"
+        conf.write_text(dump(cfg))
+        for stage in ("generate", "steer"):
+            r = cli(stage, str(conf))
+            assert r.returncode == 0, (stage, r.stderr)
+    with cfg.path("steering", "dose_response.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    roles = {r["role"] for r in rows}
+    assert roles == {"dev_mode", "grandma_story", "unbound_ai", "villain_mentor"}
+    assert all(int(r["n"]) == 5 * 2 and float(r["score_mean"]) == 0.0 for r in rows)
+    assert seen and all("harmful request" in s for s in seen)  # the harm rubric asked
+    assert len(seen) == 2 * 4 * 5 * 2  # baseline and one setting, every jailbreak answer
+    assert (tmp_path / "out" / "transcripts" / "t").is_dir()
+    main = sorted(p.name for p in transcripts_dir(cfg).glob("*.jsonl"))
+    assert main == ["default.jsonl", "pirate.jsonl"]  # the study's own text is untouched

@@ -222,6 +222,9 @@ class Report(Section):
     png: bool = Field(default=True, description="also write one PNG per figure")
 
 
+NO_SETTING = "none"  # the unsteered baseline of a steering grid (a zero addition)
+
+
 class SteeringSetting(Section):
     """One intervention of a steering grid (docs/definitions.md, "Using the axis")."""
 
@@ -271,6 +274,11 @@ class Steering(Section):
     layers: LayerSpec = Field(default="middle", description="as capture.layers")
     calibration_samples: int = Field(
         default=2000, ge=1, description="transcripts whose response tokens set τ percentiles"
+    )
+    prompts: Literal["study", "jailbreaks"] = Field(
+        default="study",
+        description="`steer` asks the study's roles and questions, or the shipped persona "
+        "jailbreaks (harmful requests, judged for compliance 0-3)",
     )
     roles: list[str] = Field(
         default_factory=list, description="`steer`: roles to answer as (default: roles.include)"

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from persona_dynamics import __version__
-from persona_dynamics.config import STAGES, Study, dump
+from persona_dynamics.config import NO_SETTING, STAGES, Study, dump
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 
@@ -111,6 +111,10 @@ def run_steer(cfg: Study) -> Path:
 
     if not cfg.steering.settings:
         raise PersonaDynamicsError("no [[steering.settings]] in the config: nothing to steer")
+    if any(s.name == NO_SETTING for s in cfg.steering.settings):
+        raise PersonaDynamicsError(
+            f"steering setting '{NO_SETTING}' is the unsteered baseline's name; choose another"
+        )
     if cfg.judge is None:
         raise PersonaDynamicsError("steer needs a [judge] section to score the steered answers")
     for name in [None, *(s.name for s in cfg.steering.settings)]:

@@ -65,6 +65,12 @@ def run_dose(cfg: Study) -> Path:
     model = load_model(ckpt, cfg.capture.device, cfg.capture.model_dtype, commit=commit).model
     text = [] if s.capability_text is None else passages(s.capability_text)
     own = [] if text else [r for r in rows[None] if r["role"] == DEFAULT]
+    if not text and not own:  # e.g. the jailbreak prompts: the study's own default text
+        own = read_transcripts(transcripts_dir(cfg), [DEFAULT])
+    if not text and not own:
+        raise PersonaDynamicsError(
+            "no default-Assistant text to measure capability on; set steering.capability_text"
+        )
     items = encoded(tok, own, text)
 
     def ids(found: list[dict]) -> dict[tuple, list[int]]:
@@ -86,7 +92,8 @@ def run_dose(cfg: Study) -> Path:
     write_json(out.with_suffix(".json"), {
         "label": ckpt.label, "model": ckpt.model, "revision": ckpt.revision, "commit": commit,
         "adapter": ckpt.adapter, "judge": cfg.judge and cfg.judge.model,
-        "capability": str(s.capability_text) if text else "baseline default-Assistant text",
+        "capability": str(s.capability_text) if text else "default-Assistant text",
+        "prompts": s.prompts,
         "settings": {n: describe(cfg, n, n_layers) for n in names if n},
         "bootstrap": s.bootstrap, "seed": s.seed, "version": __version__,
     })  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persona_dynamics.config import Steering, SteeringSetting, Study, parse
+from persona_dynamics.config import NO_SETTING, Steering, SteeringSetting, Study, parse
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.interventions import Intervention
 from persona_dynamics.layers import resolve
@@ -100,23 +100,36 @@ def intervention(cfg: Study, name: str, n_layers: int) -> Intervention:
     )
 
 
+def jailbreaks_dir() -> Path:
+    """The shipped persona-jailbreak set: role-play framings, harmful requests, a harm rubric."""
+    from importlib.resources import files
+
+    return Path(str(files("persona_dynamics") / "data" / "jailbreaks"))
+
+
 def steered_study(cfg: Study, name: str | None) -> Study:
     """The study whose generating checkpoint is the steering checkpoint under setting `name`
-    (None: unsteered), over steering.roles and steering.question_count when given."""
+    (None: the unsteered baseline, a zero addition labelled `<label>+none`, so its text never
+    mixes with the study's), over steering.roles, question_count and prompts when given."""
     base = cfg.checkpoint(cfg.steering.checkpoint or cfg.reference_label)
     data = cfg.model_dump(mode="json", exclude_none=True)
-    label = base.label
-    if name is not None:
+    if name is None:
+        name = NO_SETTING
+        none = {"name": NO_SETTING, "mode": "add", "coefficient": 0.0, "unit": "raw"}
+        data["steering"]["settings"] = [*data["steering"]["settings"], none]
+    else:
         setting(cfg, name)
-        label = f"{base.label}+{name}"
-        ckpt = base.model_dump(mode="json", exclude_none=True) | {"label": label}
-        data["checkpoints"] = [c for c in data["checkpoints"] if c["label"] != label]
-        data["checkpoints"].append(ckpt | {"intervention": name})
+    label = f"{base.label}+{name}"
+    ckpt = base.model_dump(mode="json", exclude_none=True) | {"label": label, "intervention": name}
+    data["checkpoints"] = [c for c in data["checkpoints"] if c["label"] != label] + [ckpt]
     data["reference"] = cfg.reference_label
     data["generation"]["checkpoint"] = label
     s = cfg.steering
-    if s.roles:
+    if s.prompts == "jailbreaks":
+        data["roles"] |= {"dir": str(jailbreaks_dir()), "include": [], "per_role_questions": True,
+                          "include_default": "default" in s.roles}  # fmt: skip
+    elif s.roles:
         data["roles"]["include"] = list(s.roles)
     if s.question_count is not None:
         data["roles"]["question_count"] = s.question_count
-    return parse(data, f"steering setting {name or 'none'}")
+    return parse(data, f"steering setting {name}")
