@@ -23,7 +23,10 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.roles import DEFAULT
 from persona_dynamics.spacefile import read_space
 
-TEXT = {"space", "label", "vector", "role", "statistic", "base", "text"}
+TEXT = {
+    "space", "label", "vector", "role", "statistic", "base", "text", "setting", "mode", "layers",
+    "conversation", "domain", "direction",
+}  # fmt: skip
 INTS = {"stage", "layer", "category", "n_samples", "rank"}
 NAN = (math.nan, math.nan, math.nan)
 
@@ -60,6 +63,10 @@ class Run:
     adapters: dict[str, str] = field(default_factory=dict)  # adapter label -> base ("" unknown)
     placed: list[dict] = field(default_factory=list)  # adapters.csv rows
     nearest: list[dict] = field(default_factory=list)  # adapters_nearest.csv rows
+    dose: list[dict] = field(default_factory=list)  # steering/<run>/dose_response.csv rows
+    drift: list[dict] = field(default_factory=list)  # drift/<run>/turns.csv rows
+    slopes: list[dict] = field(default_factory=list)  # drift/<run>/slopes.csv rows
+    traits: dict = field(default_factory=dict)  # traits/<run>/summary.json "traits"
 
     @property
     def layers(self) -> list[int]:
@@ -120,7 +127,16 @@ def run_of(cfg: Study) -> Run:
     """A config's run; its adapter labels are kept apart from the training stages."""
     labels = [c.label for c in cfg.checkpoints if c.adapter]
     labels += [a.name for a in cfg.adapters.training] if cfg.adapters else []
-    return load_run(cfg.path("analysis"), dict.fromkeys(labels, ""))
+    run = load_run(cfg.path("analysis"), dict.fromkeys(labels, ""))
+    dose = cfg.path("steering", "dose_response.csv")
+    if dose.is_file():
+        run.dose = read_rows(dose)
+    if cfg.path("drift", "turns.csv").is_file():
+        run.drift = read_rows(cfg.path("drift", "turns.csv"))
+        run.slopes = read_rows(cfg.path("drift", "slopes.csv"))
+    if cfg.path("traits", "summary.json").is_file():
+        run.traits = _json(cfg.path("traits", "summary.json"))["traits"]
+    return run
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_text
-from persona_dynamics.report import data, plots
+from persona_dynamics.report import data, plots, use
 from persona_dynamics.report.data import Run
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ def figures_of(run: Run, layer: int) -> dict:
         out[key] = build(run, layer)
     for other in run.across:
         out[f"plot-across-{other}"] = plots.across(run, other)
+    for key, (_, build, rows) in use.FIGURES.items():
+        if getattr(run, rows):
+            out[key] = build(run, layer)
     return out
 
 
@@ -122,6 +125,7 @@ def render(run: Run, layer: int, figures: dict) -> str:
     body += _space(run, layer, figures)
     body += _adapters(run, layer, figures)
     body += _across(run, figures)
+    body += _use(run, figures)
     body += _provenance(run)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -319,6 +323,42 @@ def _across(run: Run, figures: dict) -> list[str]:
             )
         head = ["statistic (lead layers)", *(_e(r) for r in rep["runs"]), "the paper"]
         out.append(_table(f"table-across-{_e(other)}", head, rows))
+    return out
+
+
+def _use(run: Run, figures: dict) -> list[str]:
+    """Steering, drift and trait sections, for the stages that have run."""
+    out = []
+    if run.dose:
+        out += [
+            '<h2 id="steering">Steering along the axis</h2>',
+            *_plot("plot-dose-response", figures),
+        ]
+        head = ["setting", "mode", "coefficient", "percentile", "role", "n", "score (95% CI)",
+                "length", "same tokens", "perplexity"]  # fmt: skip
+        rows = [[_e(r["setting"]), _e(r["mode"]), _num(r["coefficient"]), _num(r["percentile"]),
+                 _e(r["role"]), _num(r["n"]), _ci((r["score_mean"], r["score_lo"], r["score_hi"])),
+                 _num(r["length_mean"]), _num(r["same_tokens"]), _num(r["perplexity"])]
+                for r in run.dose]  # fmt: skip
+        out.append(_table("table-dose-response", head, rows))
+    if run.drift:
+        out += [
+            '<h2 id="drift">Persona drift over conversations</h2>',
+            *_plot("plot-drift", figures),
+        ]
+        head = ["label", "domain", "layer", "slope per turn (95% CI)", "conversations"]
+        rows = [[_e(r["label"]), _e(r["domain"]), _num(r["layer"]),
+                 _ci((r["slope"], r["slope_lo"], r["slope_hi"])), _num(r["n_conversations"])]
+                for r in run.slopes]  # fmt: skip
+        out.append(_table("table-drift-slopes", head, rows))
+    if run.traits:
+        out.append('<h2 id="traits">Trait vectors</h2>')
+        head = ["trait", "kept +", "kept -", "held-out AUC (lead layer)", "cos with the axis"]
+        lead = str(run.lead)
+        rows = [[_e(name), _num(t["n_pos"]), _num(t["n_neg"]), _num(t["auc_heldout"].get(lead)),
+                 _num(t.get("cosines", {}).get("axis", {}).get(lead))]
+                for name, t in run.traits.items()]  # fmt: skip
+        out.append(_table("table-traits", head, rows))
     return out
 
 
