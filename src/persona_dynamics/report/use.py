@@ -76,6 +76,7 @@ def drift(run: Run, layer: int | None = None) -> go.Figure:
         fig.add_hline(y=default, line={"color": ASSISTANT, "dash": "dot"},
                       annotation_text="default Assistant (reference text)")  # fmt: skip
     title = f"Persona drift on the axis, layer {layer}"
+    fig.update_xaxes(dtick=1)
     fig.update_layout(**LAYOUT, title=title, xaxis_title="assistant turn",
                       yaxis_title="projection on the axis")  # fmt: skip
     return fig
