@@ -29,3 +29,22 @@ def require(extra: str, module: str):
         raise PersonaDynamicsError(
             f"this needs the optional package '{module}': pip install 'persona-dynamics[{extra}]'"
         ) from exc
+
+
+class Interrupted(PersonaDynamicsError):
+    """Ctrl-C during a stage: the message says what was kept (the CLI adds how to resume)."""
+
+
+def cannot_write(path: str | Path, exc: OSError) -> PersonaDynamicsError:
+    """An OS error writing `path` (disk full, read-only, over the file-size limit) in one line."""
+    import errno as codes
+    import os
+    import re
+
+    reason = exc.strerror
+    if not reason:  # h5py folds the C library's errno into its message
+        found = re.search(r"errno = (\d+)", str(exc))
+        reason = os.strerror(int(found.group(1))) if found else str(exc).splitlines()[0]
+    if exc.errno in (codes.ENOSPC, codes.EDQUOT) or "No space left" in reason:
+        reason += "; free space and re-run: finished work is kept"
+    return PersonaDynamicsError(f"{path}: cannot write: {reason}")
