@@ -2,7 +2,7 @@
 
 A reader (or a killed writer's next run) never sees half a text, JSON or CSV file, and a write
 that fails (disk full, read-only, over the file-size limit) leaves no temporary behind and raises
-one error naming the file. JSON values
+one error naming the file (small HDF5 files too: `write_h5`). JSON values
 are made plain first (numpy scalars and arrays unwrapped, NaN and inf as null), and `plain` turns
 an HDF5 attribute back into a plain Python value for every reader of the suite's HDF5 files.
 """
@@ -10,6 +10,7 @@ an HDF5 attribute back into a plain Python value for every reader of the suite's
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persona_dynamics.errors import cannot_write
+from persona_dynamics.errors import cannot_write, write_refused
 
 
 def atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -33,7 +34,9 @@ def atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        if not write_refused(exc):
+            raise
         raise cannot_write(path, exc) from None
     finally:
         with suppress(OSError):
@@ -44,6 +47,30 @@ def atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically: a temporary name beside it, then rename."""
     return atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_h5(path: str | Path, fill: Callable) -> Path:
+    """Write a small HDF5 file atomically: `fill(h5)` builds it in memory, then it is written
+    whole, so a write the OS refuses never reaches HDF5 (which copes badly with one)."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        fill(h5)
+    return atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+
+
+def discard_h5(f) -> None:
+    """Close an HDF5 file whose writes failed without crashing: HDF5 retries the failed writes on
+    every close (h5py segfaults on the second), so they are sent to /dev/null first."""
+    if not f.id.valid:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, f.id.get_vfd_handle())
+    finally:
+        os.close(null)
+    f.close()
 
 
 def jsonable(obj):

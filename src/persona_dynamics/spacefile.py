@@ -37,7 +37,7 @@ import numpy as np
 from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.dynamics import LOADING_PCS, Reference, summarize
-from persona_dynamics.files import atomic, plain
+from persona_dynamics.files import plain, write_h5
 from persona_dynamics.readers import UNSCORED_NOTE, width
 from persona_dynamics.space import Frame, Groups
 from persona_dynamics.store import ActivationStore
@@ -64,13 +64,12 @@ def write_space(
 ) -> Path:
     """Write space.h5 atomically: the root from the reference store, then each fitted layer."""
 
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as h5:
-            _root(h5, cfg, store, groups, layers, lead, questions, weights)
-            for layer, point, ref, stats in fits:
-                _layer(h5.create_group(f"layer_{layer}"), point, ref, stats)
+    def fill(h5) -> None:
+        _root(h5, cfg, store, groups, layers, lead, questions, weights)
+        for layer, point, ref, stats in fits:
+            _layer(h5.create_group(f"layer_{layer}"), point, ref, stats)
 
-    return atomic(path, write)
+    return write_h5(path, fill)
 
 
 def _root(h5, cfg: Study, store, groups: Groups, layers, lead, questions, weights) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from persona_dynamics.errors import PersonaDynamicsError, cannot_write
-from persona_dynamics.files import plain
+from persona_dynamics.errors import PersonaDynamicsError, cannot_write, write_refused
+from persona_dynamics.files import discard_h5, plain
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ class StoreWriter:
 
     def commit(self) -> Path:
         """Flush, fsync and rename the file into place."""
-        self.f.close()
+        self.f.flush()  # a refused write fails here, while the file can still be discarded
+        self.f, f = None, self.f
+        f.close()
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
@@ -140,8 +142,8 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Drop the temporary file (after an error)."""
-        with suppress(Exception):  # a file the OS refused to finish may not close cleanly
-            self.f.close()
+        if self.f is not None:
+            discard_h5(self.f)
         with suppress(OSError):
             self.tmp.unlink(missing_ok=True)
 
@@ -151,7 +153,7 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-        if isinstance(exc, OSError):  # disk full, read-only, over the file-size limit
+        if exc is not None and write_refused(exc):  # disk full, read-only, over the size limit
             raise cannot_write(self.path, exc) from None
 
 

@@ -306,7 +306,7 @@ def compute_blocks(
     }
     total = sum(len(plan.block_samples(b)) for b in blocks)
     bar = tqdm(total=total, desc=f"capture {label}", unit="transcript", mininterval=2)
-    with torch.inference_mode(), ThreadPoolExecutor(1) as writer:
+    with bar, torch.inference_mode(), ThreadPoolExecutor(1) as writer:
         pending = []
         for block in blocks:
             outs = []
@@ -330,7 +330,6 @@ def compute_blocks(
                 pending.pop(0).result()
         for p in pending:
             p.result()
-    bar.close()
 
 
 def capture_tokens(cfg: Study, label: str, job: Job, attrs: dict, final: Path) -> Path:
