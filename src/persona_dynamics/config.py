@@ -146,7 +146,7 @@ class Generation(Section):
     base_urls: list[str] = Field(default_factory=list, description="openai: server replicas")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
     max_in_flight: int = Field(default=32, ge=1)
-    timeout_s: float = Field(default=55.0, gt=0, description="openai: seconds per request")
+    timeout_s: float = Field(default=50.0, gt=0, description="openai: seconds per request")
     max_retries: int = Field(
         default=1, ge=0, description="openai: re-asks after a timeout, 429 or 5xx (worst ~2 min)"
     )

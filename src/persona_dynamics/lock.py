@@ -45,7 +45,11 @@ def hold(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def claim(path: Path) -> Iterator[dict | None]:
-    """Take the lock for the block and yield None, or yield its live holder's record untaken."""
+    """Take the lock for the block and yield None, or yield its live holder's record untaken.
+
+    Directories made for the lock are removed with it when the stage left them empty (a refused
+    run leaves no trace)."""
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, held = _open(path)
@@ -66,6 +70,9 @@ def claim(path: Path) -> Iterator[dict | None]:
         with suppress(OSError):  # removed while still held: a waiting run sees a new file
             path.unlink()
         os.close(fd)
+        for d in made:
+            with suppress(OSError):  # not empty: the stage wrote there
+                d.rmdir()
 
 
 def me() -> dict:
