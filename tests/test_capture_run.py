@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from persona_dynamics.capture import merge, run_capture
 from persona_dynamics.capture.backends import reference_capture
 from persona_dynamics.capture.tokens import row_key, tokenize
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.lock import claim
 from persona_dynamics.store import ActivationStore, activations_path
 from persona_dynamics.toy import single_thread
 
@@ -164,13 +166,13 @@ def test_stale_lock_of_a_dead_consolidator_is_broken(tmp_path, rows, tiny_model_
     parts = tmp_path / "act" / "a.parts"
     for p in (tmp_path / "o" / "a.parts").glob("block-*.h5"):
         shutil.copy(p, parts / p.name)
-    (parts / "consolidate.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
-    with pytest.raises(PersonaDynamicsError, match="another process"):
+    with claim(parts / "consolidate.lock"), pytest.raises(PersonaDynamicsError, match="another"):
         merge(cfg)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
     )
-    (parts / "consolidate.lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname()}
+    (parts / "consolidate.lock").write_text(json.dumps(holder))
     assert merge(cfg) == [activations_path(cfg, "a")]
 
 

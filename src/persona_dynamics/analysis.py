@@ -67,6 +67,7 @@ from persona_dynamics.dynamics import (
 )
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.readers import (
     UNSCORED_NOTE,
     analyzed_layers,
@@ -91,6 +92,12 @@ POSITION_PCS = 10
 
 def run_analyze(cfg: Study) -> Path:
     """Fit the reference's persona space per layer; write space.h5 and summary.json."""
+    with hold(lock_file(cfg.path("analysis"), "analysis")):
+        return _analyze(cfg)
+
+
+def _analyze(cfg: Study) -> Path:
+    """Analyze under the analysis directory's lock."""
     a = cfg.analysis
     out = cfg.path("analysis")
     out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +222,14 @@ def run_compare(
 
     With `across_models`, instead set this run's analyzed space beside another run's.
     """
-    if across_models is not None:
-        return run_across(cfg, across_models)
+    with hold(lock_file(cfg.path("analysis"), "analysis")):
+        if across_models is not None:
+            return run_across(cfg, across_models)
+        return _compare(cfg, labels)
+
+
+def _compare(cfg: Study, labels: list[str] | None) -> Path:
+    """Compare under the analysis directory's lock."""
     a = cfg.analysis
     labels = labels or stage_labels(cfg)
     out = cfg.path("analysis")

@@ -1,7 +1,8 @@
 """The `persona-dynamics` command line: one command per stage, `run` for a config, `demo` offline.
 
-Every command is a thin wrapper over a `run_<stage>` function; errors a user can cause print one
-line and exit 2 (`--debug` shows the traceback).
+Every command is a thin wrapper over a `run_<stage>` function; errors a user can cause and OS
+errors (disk full, read-only) print one line and exit 2, Ctrl-C one line saying what was kept and
+exit 130 (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from persona_dynamics import __version__
-from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError
 from persona_dynamics.roles import SHIPPED_MIN_ROLES, SHIPPED_VARIANTS
 
 app = typer.Typer(
@@ -707,19 +708,34 @@ def toy_build(
 # --- entry point ---------------------------------------------------------------------------------
 
 
+RESUME = "re-run the same command to resume"
+
+
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console entry point: user errors and OS errors become one line and exit code 2; Ctrl-C
+    says what was kept and exits 130."""
     try:
         rc = app(standalone_mode=False)
+    except Interrupted as exc:
+        _fail(f"interrupted: {exc}; {RESUME}", 130)
     except PersonaDynamicsError as exc:
-        if DEBUG["on"]:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(f"error: {exc}", 2)
+    except OSError as exc:  # disk full, read-only, permissions: name the file the OS refused
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"error: {where}{exc.strerror or exc}", 2)
     except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        _fail("aborted", 130)
     except typer.TyperException as exc:  # usage errors: bad flag, unknown command
         exc.show()
         sys.exit(exc.exit_code)
+    if rc == 130:  # Ctrl-C outside a stage's own accounting (typer turns it into 130)
+        _fail(f"interrupted: finished files are kept; {RESUME}", 130)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _fail(line: str, code: int) -> None:
+    """Print one line to stderr and exit (with --debug, re-raise the error being handled)."""
+    if DEBUG["on"] and sys.exc_info()[0] is not None:
+        raise
+    typer.echo(line, err=True)
+    sys.exit(code)

@@ -149,6 +149,10 @@ class Generation(Section):
     base_urls: list[str] = Field(default_factory=list, description="openai: server replicas")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
     max_in_flight: int = Field(default=32, ge=1)
+    timeout_s: float = Field(default=50.0, gt=0, description="openai: seconds per request")
+    max_retries: int = Field(
+        default=1, ge=0, description="openai: re-asks after a timeout, 429 or 5xx (worst ~2 min)"
+    )
     resume: bool = Field(default=True, description="skip keys already written; false refuses")
     shard: ShardField = Field(default=None, description="'I/N': this worker's share, I from 0")
 
@@ -165,8 +169,10 @@ class Judge(Section):
     max_requests: int | None = Field(default=None, ge=1, description="budget cap per run")
     max_tokens: int = Field(default=32, gt=0)
     temperature: float = Field(default=0.0, ge=0.0)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=6, ge=0)
+    timeout_s: float = Field(default=30.0, gt=0, description="seconds per request")
+    max_retries: int = Field(
+        default=2, ge=0, description="re-asks after a timeout, 429 or 5xx (worst ~1.5 min)"
+    )
 
 
 class Capture(Section):

@@ -4,7 +4,9 @@ scores and caches.
 A writer appends whole lines and flushes and fsyncs once per batch, so a process killed at any
 moment leaves every earlier line complete and at most one torn last line (no trailing newline).
 Readers drop that torn line; the next writer cuts it off before appending. Rows are identified by
-a key, a tuple of named fields; a re-run skips the keys already present.
+a key, a tuple of named fields; a re-run skips the keys already present. A write the OS refuses
+(disk full, over the file-size limit) is one error naming the file; what it wrote of the batch
+ends at most in a torn line, which the next run cuts off.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.errors import PersonaDynamicsError, cannot_write, located
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +89,36 @@ def existing_keys(path: str | Path, fields: Sequence[str] = KEY) -> set[tuple]:
 
 
 class Appender:
-    """Append rows to one JSONL file: cut a torn tail first, then flush and fsync every batch."""
+    """Append rows to one JSONL file: cut a torn tail first, then write and fsync every batch."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            keep = complete_length(self.path)
-            if keep < self.path.stat().st_size:
-                log.warning("%s: cutting a torn last line before appending", self.path)
-                os.truncate(self.path, keep)
-        self._f = self.path.open("a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                keep = complete_length(self.path)
+                if keep < self.path.stat().st_size:
+                    log.warning("%s: cutting a torn last line before appending", self.path)
+                    os.truncate(self.path, keep)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
 
     def write(self, rows: Iterable[dict]) -> int:
         """Append rows as one batch, durable on return; returns how many were written."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
-        if lines:
-            self._f.write("".join(lines))
-            self._f.flush()
-            os.fsync(self._f.fileno())
+        data = memoryview("".join(lines).encode("utf-8"))
+        try:
+            while data:  # unbuffered: nothing is left to flush later, out of order
+                data = data[os.write(self._fd, data) :]
+            if lines:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
         return len(lines)
 
     def close(self) -> None:
-        self._f.close()
+        os.close(self._fd)
 
     def __enter__(self) -> Appender:
         return self

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from persona_dynamics import __version__
 from persona_dynamics.config import Checkpoint, Judge, Study, safe_name
-from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError, located
 from persona_dynamics.files import write_json, write_text
 from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.roles import DEFAULT, digest
 from persona_dynamics.transcripts import read_selection, scores_path, selection, transcripts_dir
 
@@ -246,6 +247,7 @@ class OpenAIJudge:
             max_in_flight=jcfg.max_in_flight,
             timeout_s=jcfg.timeout_s,
             max_retries=jcfg.max_retries,
+            setting="judge.timeout_s",
         )
         self.client.check()
 
@@ -314,6 +316,13 @@ def run_judge(cfg: Study) -> Path:
         )
     rubric = {r.name: r.eval_prompt for r in roles if r.name in {x["role"] for x in rows}}
     out = scores_path(cfg)
+    with hold(lock_file(out, "judge")):
+        return _score(cfg, rows, rubric, out)
+
+
+def _score(cfg: Study, rows: list[dict], rubric: dict[str, str], out: Path) -> Path:
+    """Judge under the run lock: check the judge's identity, then ask for what is not scored."""
+    jcfg = cfg.judge
     identity = judge_identity(jcfg, rubric)
     check_judge(out, identity)
     write_judge(out, identity)
@@ -347,6 +356,9 @@ def run_judge(cfg: Study) -> Path:
         write(hits)
         if items[:budget]:
             _ask(make_judge(jcfg), items[:budget], hashes, write, cache_path(cfg, jcfg))
+    except KeyboardInterrupt:
+        kept = sum(len(read_rows(out / f"{role}.jsonl")) for role in rubric)
+        raise Interrupted(f"{kept} of {len(rows)} transcripts scored, kept in {out}") from None
     finally:
         for w in writers.values():
             w.close()

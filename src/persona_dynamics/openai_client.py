@@ -5,6 +5,10 @@ Built on the `openai` package's AsyncOpenAI, whose timeouts and retries (exponen
 requests in flight (a fixed pool of workers), several base URLs balanced by the fewest requests in
 flight, a short retry for malformed replies, a pre-flight check that turns an unreachable server or
 a rejected key into one clear message, and a plain iterator interface for synchronous callers.
+
+A hung server (one that takes the request and never answers) costs at most `worst_case_s`:
+every attempt waits `timeout_s`, with the client's backoff between attempts; the defaults of both
+config sections keep that near or under two minutes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from persona_dynamics.errors import PersonaDynamicsError
 log = logging.getLogger(__name__)
 
 HOSTED = "https://api.openai.com/v1"
+BACKOFF_S = (0.5, 8.0)  # the openai client's first wait between attempts (doubling) and its cap
+
+
+def worst_case_s(timeout_s: float, max_retries: int) -> float:
+    """The longest one request can take against a server that never answers."""
+    first, cap = BACKOFF_S
+    waits = sum(min(cap, first * 2**i) for i in range(max_retries))
+    return timeout_s * (max_retries + 1) + waits
 
 
 @dataclass(frozen=True)
@@ -83,14 +95,16 @@ class ChatClient:
         api_key: str = "EMPTY",
         key_env: str | None = None,
         max_in_flight: int = 16,
-        timeout_s: float = 60.0,
-        max_retries: int = 6,
+        timeout_s: float = 30.0,
+        max_retries: int = 2,
+        setting: str = "timeout_s",
     ):
         if not base_urls:
             raise PersonaDynamicsError("no server URL given (base_url / base_urls is empty)")
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model, self.api_key, self.key_env = model, api_key, key_env
         self.max_in_flight, self.timeout_s, self.max_retries = max_in_flight, timeout_s, max_retries
+        self.setting = setting  # the config key to raise when replies are slow, not lost
 
     def _client(self, url: str, retries: int, timeout: float):
         import openai
@@ -99,12 +113,12 @@ class ChatClient:
             base_url=url, api_key=self.api_key, max_retries=retries, timeout=timeout
         )
 
-    def explain(self, exc: Exception, url: str) -> str:
+    def explain(self, exc: Exception, url: str, timeout_s: float | None = None, n: int = -1) -> str:
         """One line saying what went wrong with a request to `url` and what to do."""
         import openai
 
         key = f" (from ${self.key_env})" if self.key_env else ""
-        n = self.max_retries
+        n = self.max_retries if n < 0 else n
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return f"{url} rejected the API key{key} ({exc.status_code}): check the key"
         if isinstance(exc, openai.NotFoundError):
@@ -118,7 +132,11 @@ class ChatClient:
                 "raise max_retries"
             )
         if isinstance(exc, openai.APITimeoutError):
-            return f"{url}: no answer within {self.timeout_s:g} s, {n} retries included"
+            wait = timeout_s or self.timeout_s
+            return (
+                f"{url} stopped answering: no reply within {wait:g} s, {n + 1} attempt(s); "
+                f"is the server stuck? (raise {self.setting} if its replies are just slow)"
+            )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
             return f"cannot reach {url} ({cause}); is the server running at that address?"
@@ -136,7 +154,8 @@ class ChatClient:
         async def probe(url: str) -> list[dict]:
             import openai
 
-            client = self._client(url, retries=0, timeout=min(self.timeout_s, 10.0))
+            wait = min(self.timeout_s, 10.0)
+            client = self._client(url, retries=0, timeout=wait)
             try:
                 page = await client.models.list()
                 return [{"base_url": url, **m.model_dump(exclude_none=True)} for m in page.data]
@@ -144,7 +163,7 @@ class ChatClient:
                 log.info("%s has no /models endpoint; serving model not recorded", url)
                 return []
             except openai.APIError as exc:
-                raise PersonaDynamicsError(self.explain(exc, url)) from None
+                raise PersonaDynamicsError(self.explain(exc, url, wait, 0)) from None
             finally:
                 await client.close()
 

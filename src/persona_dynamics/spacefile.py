@@ -27,7 +27,6 @@ group `layer_<i>` per analyzed layer i (zero-based block index); V = G - 1 role 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.dynamics import LOADING_PCS, Reference, summarize
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.files import plain
+from persona_dynamics.files import plain, write_h5
 from persona_dynamics.readers import UNSCORED_NOTE, width
 from persona_dynamics.space import Frame, Groups
 from persona_dynamics.store import ActivationStore
@@ -65,16 +64,13 @@ def write_space(
     fits: Iterable[Fit],
 ) -> Path:
     """Write space.h5 atomically: the root from the reference store, then each fitted layer."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            _root(h5, cfg, store, groups, layers, lead, questions, weights)
-            for layer, point, ref, stats in fits:
-                _layer(h5.create_group(f"layer_{layer}"), point, ref, stats)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    def fill(h5) -> None:
+        _root(h5, cfg, store, groups, layers, lead, questions, weights)
+        for layer, point, ref, stats in fits:
+            _layer(h5.create_group(f"layer_{layer}"), point, ref, stats)
+
+    return write_h5(path, fill)
 
 
 def _root(h5, cfg: Study, store, groups: Groups, layers, lead, questions, weights) -> None:

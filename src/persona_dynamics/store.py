@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
-from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.files import plain
+from persona_dynamics.errors import PersonaDynamicsError, cannot_write, write_refused
+from persona_dynamics.files import discard_h5, plain
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,21 @@ class StoreWriter:
         import h5py
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.dtype = attrs.get("dtype", "float32")
+        self.f = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = h5py.File(self.tmp, "w")
+            self._layout(keys, shape, attrs, n_tokens, chunked, ragged_total)
+        except OSError as exc:
+            self.abort()
+            raise cannot_write(self.path, exc) from None
+
+    def _layout(self, keys, shape, attrs, n_tokens, chunked, ragged_total) -> None:
+        """Create the datasets and attributes of the new store."""
         n_layers, hidden = shape
         dt = storage_dtype(self.dtype)
-        self.f = h5py.File(self.tmp, "w")
         rows = len(keys) if ragged_total is None else ragged_total
         name = "acts" if ragged_total is None else "tokens"
         chunks = (_chunk_rows(rows, hidden, dt.itemsize), 1, hidden) if chunked and rows else None
@@ -122,7 +132,9 @@ class StoreWriter:
 
     def commit(self) -> Path:
         """Flush, fsync and rename the file into place."""
-        self.f.close()
+        self.f.flush()  # a refused write fails here, while the file can still be discarded
+        self.f, f = None, self.f
+        f.close()
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
@@ -130,8 +142,10 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Drop the temporary file (after an error)."""
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        if self.f is not None:
+            discard_h5(self.f)
+        with suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -139,6 +153,8 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+        if exc is not None and write_refused(exc):  # disk full, read-only, over the size limit
+            raise cannot_write(self.path, exc) from None
 
 
 def write_store(

@@ -19,6 +19,7 @@ from persona_dynamics.config import Adapters, Study
 from persona_dynamics.errors import PersonaDynamicsError, require
 from persona_dynamics.files import write_text
 from persona_dynamics.jsonl import read_rows
+from persona_dynamics.lock import hold, lock_file
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def evaluate_adapter(cfg: Study, name: str) -> Path | None:
 
 def run_adapters_evaluate(cfg: Study, names: list[str] | None = None) -> Path:
     """Evaluate every trained adapter of the config (or the named ones)."""
-    for spec in selected(cfg, names):
-        evaluate_adapter(cfg, spec.name)
+    with hold(lock_file(cfg.path("adapters"), "adapters")):
+        for spec in selected(cfg, names):
+            evaluate_adapter(cfg, spec.name)
     return cfg.path("adapters")

@@ -37,6 +37,7 @@ from persona_dynamics.config import Study
 from persona_dynamics.dynamics import summarize
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.readers import (
     analyzed_layers,
     check_same_samples,
@@ -195,6 +196,12 @@ def run_place(
     cfg: Study, labels: list[str] | None = None, texts: tuple[str, ...] = (REFERENCE_TEXT, OWN_TEXT)
 ) -> Path:
     """Place every adapter label (or the named ones) in the reference space; write the tables."""
+    with hold(lock_file(cfg.path("analysis"), "analysis")):
+        return _place(cfg, labels, texts)
+
+
+def _place(cfg: Study, labels: list[str] | None, texts: tuple[str, ...]) -> Path:
+    """Place under the analysis directory's lock."""
     a = cfg.analysis
     labels = labels or adapter_labels(cfg)
     if not labels:

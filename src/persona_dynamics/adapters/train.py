@@ -22,6 +22,7 @@ from persona_dynamics.chat import encode
 from persona_dynamics.config import Adapters, AdapterTraining, Checkpoint, Study
 from persona_dynamics.errors import PersonaDynamicsError, require
 from persona_dynamics.files import write_text
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_model, load_tokenizer, pick_device
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ def adapter_checkpoint(cfg: Study, name: str) -> Checkpoint:
 
 def run_adapters(cfg: Study, names: list[str] | None = None) -> Path:
     """Train every adapter of the config (or the named ones); return the adapters directory."""
-    for spec in selected(cfg, names):
-        train_adapter(cfg, spec)
+    with hold(lock_file(cfg.path("adapters"), "adapters")):
+        for spec in selected(cfg, names):
+            train_adapter(cfg, spec)
     return cfg.path("adapters")

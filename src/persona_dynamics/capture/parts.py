@@ -4,21 +4,19 @@ A running capture writes each finished block of the batch plan as `<label>.parts
 (atomically, rows sorted by key). Consolidation checks that the parts come from one run and one
 plan, that no block is missing (a gap) and no key appears twice (an overlap), then streams them
 into `<label>.h5` in key order, window by window, and removes the parts. One process consolidates
-a label at a time (a lock file; a lock left by a killed process on this host is broken).
+a label at a time (`lock.claim` on `<label>.parts/consolidate.lock`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import socket
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.lock import claim, describe
 from persona_dynamics.store import ActivationStore, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -72,43 +70,6 @@ def existing_parts(parts: Path, attrs: dict, plan_digest: str) -> dict[int, Path
     return done
 
 
-@contextmanager
-def _claim(lock: Path):
-    """Hold `lock` (one consolidator per label); yield False if a live process holds it."""
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = lock.read_text().partition(" ")
-            if host == socket.gethostname() and not _alive(int(pid or 0)):
-                lock.unlink(missing_ok=True)  # left by a killed consolidator on this host
-                continue
-            log.warning(
-                "%s: held by %s; if no such process runs, delete the lock", lock, host + " " + pid
-            )
-            yield False
-            return
-        os.write(fd, me.encode())
-        os.close(fd)
-        try:
-            yield True
-        finally:
-            lock.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def consolidate(parts: Path, final: Path) -> Path | None:
     """Merge all part files into `final`, rows sorted by key; refuse gaps and overlaps.
 
@@ -118,8 +79,9 @@ def consolidate(parts: Path, final: Path) -> Path | None:
     paths = sorted(parts.glob("block-*.h5"))
     if not paths:
         raise PersonaDynamicsError(f"{parts}: no part files to merge")
-    with _claim(parts / "consolidate.lock") as mine:
-        if not mine:
+    with claim(parts / "consolidate.lock") as holder:
+        if holder is not None:
+            log.warning("%s: another process is consolidating (%s)", parts, describe(holder))
             return None
         stores = [ActivationStore.open(p) for p in paths]
         try:

@@ -36,8 +36,9 @@ from persona_dynamics.capture.plan import Plan, collate, make_plan, shard_blocks
 from persona_dynamics.capture.tokens import Sample, tokenize, tokens_digest
 from persona_dynamics.chat import SPAN_RULE
 from persona_dynamics.config import WHOLE, Shard, Study
-from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError
 from persona_dynamics.layers import resolve
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.steering.apply import Steering, steer
 from persona_dynamics.steering.spec import intervention
@@ -222,9 +223,16 @@ def run_capture(cfg: Study) -> Path:
     c = cfg.capture
     labels = c.checkpoints or [k.label for k in cfg.checkpoints]
     shard = c.shard or WHOLE
+    out_dir = activations_path(cfg, labels[0]).parent
+    with hold(lock_file(out_dir, "capture", shard)):
+        return _capture(cfg, labels, shard, out_dir)
+
+
+def _capture(cfg: Study, labels: list[str], shard: Shard, out_dir: Path) -> Path:
+    """Capture under the run lock of this output directory and shard."""
+    c = cfg.capture
     job = prepare(cfg)
     check_run(cfg, job)
-    out_dir = activations_path(cfg, labels[0]).parent
     todo = [x for x in labels if not activations_path(cfg, x).exists()]
     check_disk(out_dir, job, c.dtype, len(todo))
     for label in labels:
@@ -254,8 +262,14 @@ def capture_label(cfg: Study, label: str, job: Job, shard: Shard = WHOLE) -> Pat
     todo = [b for b in shard_blocks(len(job.plan.blocks), shard) if b not in done]
     if todo:
         log.info("%s: %d of %d blocks to compute", label, len(todo), len(job.plan.blocks))
-        with loaded_backend(cfg, label, job) as backend:
-            compute_blocks(backend, job, todo, parts, attrs, label)
+        try:
+            with loaded_backend(cfg, label, job) as backend:
+                compute_blocks(backend, job, todo, parts, attrs, label)
+        except KeyboardInterrupt:
+            kept = len(list(parts.glob("block-*.h5")))
+            raise Interrupted(
+                f"{label}: {kept} of {len(job.plan.blocks)} blocks kept in {parts}"
+            ) from None
     missing = set(range(len(job.plan.blocks))) - set(done) - set(todo)
     if missing:
         log.info(
@@ -309,7 +323,7 @@ def compute_blocks(
     }
     total = sum(len(plan.block_samples(b)) for b in blocks)
     bar = tqdm(total=total, desc=f"capture {label}", unit="transcript", mininterval=2)
-    with torch.inference_mode(), ThreadPoolExecutor(1) as writer:
+    with bar, torch.inference_mode(), ThreadPoolExecutor(1) as writer:
         pending = []
         for block in blocks:
             outs = []
@@ -333,7 +347,6 @@ def compute_blocks(
                 pending.pop(0).result()
         for p in pending:
             p.result()
-    bar.close()
 
 
 def capture_tokens(cfg: Study, label: str, job: Job, attrs: dict, final: Path) -> Path:

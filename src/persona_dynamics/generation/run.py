@@ -1,7 +1,9 @@
 """`run_generate`: sample every missing transcript of a study from its generating checkpoint.
 
-Reads the roles and questions, skips keys already written (resume, shards), checks and records the
-manifest, then streams the backend's batches into append-only role files under a progress bar.
+Holds the run lock (`lock.py`) of its directory and shard, reads the roles and questions, skips
+keys already written (resume, shards), checks and records the manifest, then streams the
+backend's batches into append-only role files under a progress bar. Ctrl-C says how many
+transcripts were kept.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from persona_dynamics.config import WHOLE, Study
-from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.config import WHOLE, Shard, Study
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError
 from persona_dynamics.generation.base import Generator, resolve_backend
 from persona_dynamics.generation.requests import (
     Result,
@@ -22,6 +24,7 @@ from persona_dynamics.generation.requests import (
     display_name,
 )
 from persona_dynamics.jsonl import Appender
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.roles import DEFAULT, Question, digest, questions_digest, roles_digest
 from persona_dynamics.transcripts import (
     check_manifest,
@@ -88,9 +91,14 @@ def shared_questions(cfg: Study, questions: dict[str, list[Question]]) -> list[Q
 
 def run_generate(cfg: Study) -> Path:
     """Generate the study's transcripts (generation.shard's part); return their directory."""
+    out, shard = transcripts_dir(cfg), cfg.generation.shard or WHOLE
+    with hold(lock_file(out, "generate", shard)):
+        return _generate(cfg, out, shard)
+
+
+def _generate(cfg: Study, out: Path, shard: Shard) -> Path:
+    """Generate under the run lock: check the manifest, then stream batches into role files."""
     gen, ckpt = cfg.generation, cfg.generating_checkpoint()
-    shard = gen.shard or WHOLE
-    out = transcripts_dir(cfg)
     roles, questions = selection(cfg)
     name = display_name(cfg)
     done = {r.name: written_keys(out, r.name) for r in roles}
@@ -155,6 +163,9 @@ def run_generate(cfg: Study) -> Path:
                 n += len(batch)
                 bar.update(len(batch))
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    except KeyboardInterrupt:
+        kept = sum(len(written_keys(out, r.name)) for r in roles)  # what is on disk, durable
+        raise Interrupted(f"{kept} of {n_done + total} transcripts kept in {out}") from None
     finally:
         for w in writers.values():
             w.close()

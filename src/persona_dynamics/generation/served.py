@@ -35,6 +35,9 @@ class ServedGenerator:
             api_key=api_key(gen.api_key_env, gen.base_urls[0]),
             key_env=gen.api_key_env,
             max_in_flight=gen.max_in_flight,
+            timeout_s=gen.timeout_s,
+            max_retries=gen.max_retries,
+            setting="generation.timeout_s",
         )
         self.served = self.client.check()
 

@@ -20,6 +20,7 @@ from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_text
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.report import data, plots, use
 from persona_dynamics.report.data import Run
 
@@ -61,9 +62,10 @@ HELP = {
 
 def run_report(cfg: Study) -> Path:
     """Write the run's HTML report and PNGs; return the HTML file's path."""
-    out = cfg.report.dir or cfg.path("reports")
+    out = Path(cfg.report.dir or cfg.path("reports"))
     run = data.run_of(cfg)
-    return write_report(run, Path(out), cfg.report.layer, cfg.report.png)
+    with hold(lock_file(out, "report")):
+        return write_report(run, out, cfg.report.layer, cfg.report.png)
 
 
 def write_report(run: Run, out: Path, layer: int | None = None, png: bool = True) -> Path:

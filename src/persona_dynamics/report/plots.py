@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from persona_dynamics.files import atomic
 from persona_dynamics.report import data
 from persona_dynamics.report.data import Run
 from persona_dynamics.roles import DEFAULT
@@ -435,9 +436,7 @@ def write_png(fig: go.Figure, path: Path, dpi: int = 110) -> Path:
         mpl.suptitle(lay.title.text or "", fontsize=11)
         _legend(mpl, axes, lay)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        mpl.savefig(tmp, dpi=dpi)
-        tmp.replace(path)
+        atomic(path, lambda tmp: mpl.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(mpl)
     return path
