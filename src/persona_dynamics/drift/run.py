@@ -30,6 +30,7 @@ from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.generation.requests import Request, Sampling, derive_seed
 from persona_dynamics.hooks import on_blocks
 from persona_dynamics.layers import resolve
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer
 from persona_dynamics.spacefile import read_axis_frame, read_space
 from persona_dynamics.steering.spec import intervention
@@ -134,6 +135,12 @@ def project(model, tok, convs, talks, layers, frame) -> dict[tuple[str, int, int
 
 def run_drift(cfg: Study) -> Path:
     """Dialogues, per-turn projections and slopes for every selected label; returns drift/<run>."""
+    with hold(lock_file(cfg.path("drift"), "drift")):
+        return _run_drift(cfg)
+
+
+def _run_drift(cfg: Study) -> Path:
+    """run_drift's work, under the run lock."""
     d = cfg.drift
     space_path = cfg.path("analysis", "space.h5")
     if not space_path.exists():

@@ -22,6 +22,7 @@ from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 from persona_dynamics.hooks import on_blocks
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.roles import DEFAULT
 from persona_dynamics.steering.calibration import GROUPS, quantiles, vector_digest
@@ -47,6 +48,12 @@ def calibration_layers(cfg: Study, n_layers: int) -> list[int]:
 
 def run_calibrate(cfg: Study) -> Path:
     """Measure the projections' percentiles and the mean norms; write calibration.json."""
+    with hold(lock_file(cfg.path("steering"), "calibrate")):
+        return _run_calibrate(cfg)
+
+
+def _run_calibrate(cfg: Study) -> Path:
+    """run_calibrate's work, under the run lock."""
     s = cfg.steering
     ckpt = cfg.checkpoint(s.checkpoint or cfg.reference_label)
     directions = study_vector(cfg, s.vector)

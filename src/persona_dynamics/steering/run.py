@@ -15,6 +15,7 @@ from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table
 from persona_dynamics.judge import load_scores
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.roles import DEFAULT
 from persona_dynamics.steering.capability import encoded, passages, perplexity
@@ -41,6 +42,12 @@ def describe(cfg: Study, name: str | None, n_layers: int) -> dict:
 
 def run_dose(cfg: Study) -> Path:
     """Write dose_response.csv (COLUMNS) and dose_response.json (how it was made)."""
+    with hold(lock_file(cfg.path("steering"), "steer")):
+        return _run_dose(cfg)
+
+
+def _run_dose(cfg: Study) -> Path:
+    """run_dose's work, under the run lock."""
     s = cfg.steering
     if not s.settings:
         raise PersonaDynamicsError("no [[steering.settings]] to measure")

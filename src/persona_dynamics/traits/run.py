@@ -32,6 +32,7 @@ from persona_dynamics.generation.requests import Request, Sampling, derive_seed
 from persona_dynamics.hooks import on_blocks
 from persona_dynamics.judge import make_judge
 from persona_dynamics.layers import resolve
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.spacefile import read_directions
 from persona_dynamics.traits.spec import COHERENCE, Trait, fill, load_trait, parse_100
 
@@ -155,6 +156,12 @@ def cosines(cfg: Study, vecs: np.ndarray, layers: list[int]) -> dict:
 
 def run_traits(cfg: Study) -> Path:
     """Answers, scores, vectors and a summary for every trait spec; returns traits/<run>."""
+    with hold(lock_file(cfg.path("traits"), "traits")):
+        return _run_traits(cfg)
+
+
+def _run_traits(cfg: Study) -> Path:
+    """run_traits's work, under the run lock."""
     t = cfg.traits
     if not t.specs:
         raise PersonaDynamicsError("no traits.specs in the config: nothing to extract")

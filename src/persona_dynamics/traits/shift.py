@@ -26,6 +26,7 @@ from persona_dynamics.files import write_json, write_table
 from persona_dynamics.generation.requests import encode_prompt, messages_for
 from persona_dynamics.hooks import on_blocks
 from persona_dynamics.layers import middle
+from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer
 from persona_dynamics.readers import stage_labels
 from persona_dynamics.roles import DEFAULT, load_questions
@@ -105,6 +106,12 @@ def training_of(cfg: Study, label: str):
 
 def run_shift(cfg: Study) -> Path:
     """Measured and predicted shifts per (label, direction); returns shift.csv."""
+    with hold(lock_file(cfg.path("traits"), "shift")):
+        return _run_shift(cfg)
+
+
+def _run_shift(cfg: Study) -> Path:
+    """run_shift's work, under the run lock."""
     ref = cfg.checkpoint(cfg.reference_label)
     n_layers = load_config(ref.model, ref.revision).num_hidden_layers
     layer = cfg.analysis.lead_layer if cfg.analysis.lead_layer is not None else middle(n_layers)
