@@ -25,7 +25,7 @@ from pydantic import (
 
 from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.layers import check as check_layers
-from persona_dynamics.roles import shipped_dir, shipped_questions
+from persona_dynamics.roles import read_text, shipped_dir, shipped_questions
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -381,10 +381,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
     Relative paths inside are taken from the working directory, as paths on a command line are.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: config file not found") from None
+    text = read_text(path, "config")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -54,26 +54,36 @@ class Question:
     category: str | None = None
 
 
-def read_json(path: Path) -> object:
-    """Parse a JSON file; a syntax error names file:line:column."""
+def read_text(path: Path, what: str = "") -> str:
+    """A UTF-8 text file; a missing file or bytes that are not UTF-8 name file:line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: file not found") from None
+        raise PersonaDynamicsError(f"{path}: {what + ' ' if what else ''}file not found") from None
     try:
-        return json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PersonaDynamicsError(located(path, "not UTF-8 text", line)) from None
+
+
+def read_json(path: Path, obj: bool = False) -> object:
+    """Parse a JSON file (with `obj`, one holding an object); errors name file:line:column."""
+    text = read_text(path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PersonaDynamicsError(
             located(path, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)
         ) from None
+    if obj and not isinstance(data, dict):
+        raise PersonaDynamicsError(located(path, "top level must be a JSON object"))
+    return data
 
 
 def read_jsonl(path: Path, what: str) -> list[tuple[int, object]]:
     """(line number, parsed value) of every non-blank line; errors name file:line:column."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: {what} file not found") from None
+    lines = read_text(path, what).splitlines()
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -93,9 +103,7 @@ def load_role(path: str | Path) -> Role:
     name = path.stem
     if not NAME.fullmatch(name):
         raise PersonaDynamicsError(located(path, "role names (file stems) must match [a-z0-9_]+"))
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise PersonaDynamicsError(located(path, "top level must be a JSON object"))
+    data = read_json(path, obj=True)
     unknown = sorted(set(data) - {"instruction", "eval_prompt", "questions"})
     if unknown:
         raise PersonaDynamicsError(located(path, f"unknown field(s): {', '.join(unknown)}"))
