@@ -115,6 +115,7 @@ def run_analyze(cfg: Study) -> Path:
             out / "space.h5", cfg, store, groups, layers, lead, questions, weights, fits()
         )
         summary = _summary(cfg, store, groups, layers, lead, len(questions), per_layer)
+        summary |= {"preset": cfg.preset, "preset_departures": cfg.departures()}
     write_json(out / "summary.json", summary)
     log.info("analyze: wrote %s and %s", path, out / "summary.json")
     return path

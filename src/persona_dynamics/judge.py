@@ -234,13 +234,14 @@ def check_scores_judge(cfg: Study) -> None:
     check_judge(out, judge_identity(cfg.judge, rubrics))
 
 
-def write_judge(scores_dir: Path, identity: dict) -> Path:
+def write_judge(scores_dir: Path, identity: dict, preset: dict | None = None) -> Path:
     """Record (atomically) the judge of a scores directory; rubrics accumulate over roles."""
     old = (read_judge(scores_dir) if any(scores_dir.glob("*.jsonl")) else None) or {}
     rubrics = {**(old.get("rubrics") or {}), **identity["rubrics"]}
     out = {
         **identity,
         "rubrics": dict(sorted(rubrics.items())),
+        **(preset or {}),
         "package_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -340,7 +341,8 @@ def run_judge(cfg: Study) -> Path:
     todo = [r for r in rows if key_of(r) not in scored[r["role"]]]
     name = judge_name(jcfg)
     cache = read_cache(cache_path(cfg, jcfg))
-    write_judge(out, identity)  # once every file it reads has been read
+    preset = {"preset": cfg.preset, "preset_departures": cfg.departures()}
+    write_judge(out, identity, preset)  # once every file it reads has been read
     items, hashes, hits = [], {}, []
     for r in todo:
         question = next(m["content"] for m in reversed(r["messages"]) if m["role"] == "user")

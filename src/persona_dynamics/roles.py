@@ -33,6 +33,13 @@ def shipped_questions() -> Path:
     return Path(resources.files("persona_dynamics") / "data" / "roles" / "questions.jsonl")
 
 
+def upstream_default() -> Path:
+    """Upstream assistant-axis's five default-Assistant prompts (package data), the preset's."""
+    return Path(
+        resources.files("persona_dynamics") / "data" / "roles" / "upstream" / "default.json"
+    )
+
+
 @dataclass(frozen=True)
 class Role:
     """One role: its system-prompt variants, the judge's rubric and optional own questions."""
@@ -97,10 +104,11 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, object]]:
     return rows
 
 
-def load_role(path: str | Path) -> Role:
-    """Load and check one `<role>.json`; every problem names the file and field."""
+def load_role(path: str | Path, name: str | None = None) -> Role:
+    """Load and check one `<role>.json` (its name the stem, unless given); every problem names the
+    file and field."""
     path = Path(path)
-    name = path.stem
+    name = name or path.stem
     if not NAME.fullmatch(name):
         raise PersonaDynamicsError(located(path, "role names (file stems) must match [a-z0-9_]+"))
     data = read_json(path, obj=True)
@@ -160,9 +168,11 @@ def load_roles(directory: str | Path, include: list[str] | None = None) -> list[
     return [load_role(p) for p in paths]
 
 
-def load_default(directory: str | Path) -> Role:
-    """The default Assistant's prompts (`default.json`, the empty prompt among them)."""
-    return load_role(Path(directory) / f"{DEFAULT}.json")
+def load_default(where: str | Path) -> Role:
+    """The default Assistant's prompts: a roles directory's `default.json` (the empty prompt among
+    them), or the file named."""
+    path = Path(where)
+    return load_role(path / f"{DEFAULT}.json" if path.is_dir() else path, DEFAULT)
 
 
 def load_questions(path: str | Path, count: int | None = None) -> list[Question]:

@@ -97,7 +97,7 @@ def selection(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
     names = [n for n in include if n != DEFAULT]
     roles = load_roles(cfg.roles.role_dir, names or None) if names or not include else []
     if cfg.roles.include_default or DEFAULT in include:
-        roles.append(load_default(cfg.roles.role_dir))
+        roles.append(load_default(cfg.roles.default_file))
     shared = load_questions(cfg.roles.question_file, cfg.roles.question_count)
     questions = {}
     for r in roles:
