@@ -261,7 +261,7 @@ def test_out_of_range_scores_are_null_or_refused(tmp_path):
         row = json.loads(first) | {"score": bad}
         (scores / "cat.jsonl").write_text(json.dumps(row) + "\n" + rest)
         r = cli("judge", str(conf), "--base-url", "http://127.0.0.1:9/v1")  # nothing to ask
-        refused(r, f"{scores / 'cat.jsonl'}: row 1: score {shown} is not one of 0-3 or null")
+        refused(r, f"{scores / 'cat.jsonl'}:1: score {shown} is not one of 0-3 or null")
 
 
 def test_a_roles_flag_that_selects_nothing_is_an_error(tmp_path):

@@ -69,5 +69,5 @@ def test_corrupt_middle_line_names_file_and_line(tmp_path):
 def test_row_without_key_field(tmp_path):
     path = tmp_path / "role.jsonl"
     path.write_text('{"question_idx": 1}\n')
-    with pytest.raises(PersonaDynamicsError, match="lacks key field 'system_prompt_idx'"):
+    with pytest.raises(PersonaDynamicsError, match="missing key field 'system_prompt_idx'"):
         existing_keys(path)

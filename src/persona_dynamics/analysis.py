@@ -47,7 +47,6 @@ across/<other run>.json: runs, models, lead_layers, paired (same questions, seed
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -78,6 +77,7 @@ from persona_dynamics.readers import (
     sample_groups,
     stage_labels,
 )
+from persona_dynamics.roles import read_json
 from persona_dynamics.space import Groups, bootstrap_weights, frames
 from persona_dynamics.spacefile import LEVEL, TARGET, SavedSpace, read_space, write_space
 from persona_dynamics.store import ActivationStore
@@ -122,6 +122,7 @@ def _analyze(cfg: Study) -> Path:
             out / "space.h5", cfg, store, groups, layers, lead, questions, weights, fits()
         )
         summary = _summary(cfg, store, groups, layers, lead, len(questions), per_layer)
+        summary |= {"preset": cfg.preset, "preset_departures": cfg.departures()}
     write_json(out / "summary.json", summary)
     log.info("analyze: wrote %s and %s", path, out / "summary.json")
     return path
@@ -357,7 +358,7 @@ def analyzed(cfg: Study) -> tuple[SavedSpace, dict]:
         raise PersonaDynamicsError(
             f"{path}: run `persona-dynamics analyze` for run '{cfg.run_name}' first"
         )
-    return read_space(path), json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return read_space(path), read_json(out / "summary.json", obj=True)
 
 
 def run_across(cfg: Study, other: Study) -> Path:

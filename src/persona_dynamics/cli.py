@@ -135,12 +135,21 @@ def roles_validate(
 # --- config --------------------------------------------------------------------------------------
 
 
-@config_app.command("check")
-def config_check(file: ConfigArg) -> None:
-    """Validate a config and print it resolved, with every default filled in."""
-    from persona_dynamics.config import build, dump
+Preset = Annotated[
+    str | None, typer.Option(help="'upstream': assistant-axis's defaults; the config's keys win")
+]
 
-    typer.echo(dump(build(file)))
+
+@config_app.command("check")
+def config_check(file: ConfigArg, preset: Preset = None) -> None:
+    """Validate a config and print it resolved, with every default filled in."""
+    from persona_dynamics.config import PRESETS, build, dump
+
+    cfg = build(file, {"preset": preset})
+    for key, ours in cfg.departures().items():
+        typer.echo(f"# preset {cfg.preset}: {key} = {ours!r} here, {PRESETS[cfg.preset][key]!r} "
+                   "in the preset")  # fmt: skip
+    typer.echo(dump(cfg))
 
 
 @config_app.command("labels")
@@ -215,11 +224,13 @@ def capture(
     backend: Annotated[str | None, typer.Option(help="hooks, nnsight or lens")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (I from 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    preset: Preset = None,
 ) -> None:
     """Capture residual-stream activations of each checkpoint; `capture merge` joins shards."""
     from persona_dynamics.capture import run_capture
 
     overrides = {
+        "preset": preset,
         "capture.transcript_dir": transcript_dir and str(transcript_dir),
         "capture.output_dir": output_dir and str(output_dir),
         "capture.layers": "all" if all_layers else (layers and _layers(layers)),
@@ -427,6 +438,7 @@ def generate(
         bool | None, typer.Option("--resume/--no-resume", help="skip written keys (default)")
     ] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (I from 0)")] = None,
+    preset: Preset = None,
 ) -> None:
     """Sample role-play and default-Assistant transcripts from the generating checkpoint."""
     from persona_dynamics.config import build
@@ -437,6 +449,7 @@ def generate(
         model=model_name,
         revision=checkpoint,
         overrides={
+            "preset": preset,
             "run_name": run_name,
             "output_root": output_root and str(output_root),
             "roles.include": _names(roles),

@@ -25,7 +25,7 @@ from pydantic import (
 
 from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.layers import check as check_layers
-from persona_dynamics.roles import shipped_dir, shipped_questions
+from persona_dynamics.roles import read_text, shipped_dir, shipped_questions, upstream_default
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 
@@ -116,11 +116,19 @@ class Roles(Section):
     question_count: int | None = Field(default=None, ge=1, description="first N questions only")
     per_role_questions: bool = False
     include_default: bool = True
+    default_prompts: Path | None = Field(
+        default=None, description="the default Assistant's prompts; default: <dir>/default.json"
+    )
 
     @property
     def role_dir(self) -> Path:
         """The role files' directory: the configured one, else the shipped set's."""
         return self.dir or shipped_dir()
+
+    @property
+    def default_file(self) -> Path:
+        """The default Assistant's prompts: roles.default_prompts, else the roles dir's."""
+        return self.default_prompts or self.role_dir / "default.json"
 
     @property
     def question_file(self) -> Path:
@@ -431,6 +439,9 @@ class Study(Section):
     """A whole study: which model line, which checkpoints, and how each stage runs."""
 
     run_name: str
+    preset: Literal["upstream"] | None = Field(
+        default=None, description="defaults of another pipeline; keys given here still win"
+    )
     output_root: Path = Path("outputs")
     reference: str | None = Field(
         default=None, description="label of the reference checkpoint; default: the last one"
@@ -508,6 +519,18 @@ class Study(Section):
             raise PersonaDynamicsError(f"unknown output kind '{kind}' (known: {', '.join(KINDS)})")
         return self.output_root.joinpath(kind, self.run_name, *parts)
 
+    def departures(self) -> dict[str, Any]:
+        """The preset's keys this config sets otherwise (explicit values win), with our value."""
+        out = {}
+        for key, value in PRESETS.get(self.preset or "", {}).items():
+            section, _, field = key.partition(".")
+            if getattr(self, section) is None:  # a section the config leaves out (judge)
+                continue
+            ours = getattr(getattr(self, section), field)
+            if (str(ours) if isinstance(ours, Path) else ours) != value:
+                out[key] = str(ours) if isinstance(ours, Path) else ours
+        return out
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -527,8 +550,54 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{err['msg']} (got {shown})"
 
 
+# Each preset: dotted key -> value, applied where the config does not give the key. "upstream" is
+# safety-research/assistant-axis's pipeline defaults (docs/definitions.md lists each difference).
+PRESETS: dict[str, dict[str, Any]] = {
+    "upstream": {
+        "roles.question_count": 240,
+        "roles.default_prompts": str(upstream_default()),
+        "generation.temperature": 0.7,
+        "generation.top_p": 0.9,
+        "generation.max_tokens": 512,
+        "generation.num_rollouts": 1,
+        "generation.max_model_len": 2048,
+        "judge.model": "gpt-4.1-mini",
+        "judge.temperature": 1.0,
+        "judge.max_tokens": 10,
+        "capture.layers": "all",
+        "capture.aggregation": "mean",
+        "analysis.score_categories": [3],
+        "analysis.axis_category": 3,
+        "analysis.min_samples": 50,
+    }
+}
+OPTIONAL = ("judge", "adapters")  # sections a preset fills only when the config has them
+
+
+def with_preset(data: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The config dict with its preset's values filled in where it gives none."""
+    name = data.get("preset")
+    if name is None:
+        return data
+    if name not in PRESETS:
+        raise PersonaDynamicsError(
+            located(source, f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        )
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in PRESETS[name].items():
+        section, _, field = key.partition(".")
+        if section in OPTIONAL and section not in out:
+            continue
+        table = out.setdefault(section, {})
+        if isinstance(table, dict):  # else validation names the key
+            table.setdefault(field, value)
+    return out
+
+
 def parse(data: dict[str, Any], source: str | Path = "<config>") -> Study:
-    """Validate a config dict; errors name the source, the key path and what was expected."""
+    """Validate a config dict (its preset applied first); errors name the source, the key path
+    and what was expected."""
+    data = with_preset(data, source)
     try:
         return Study.model_validate(data)
     except ValidationError as exc:
@@ -542,10 +611,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
     Relative paths inside are taken from the working directory, as paths on a command line are.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: config file not found") from None
+    text = read_text(path, "config")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

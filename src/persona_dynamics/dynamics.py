@@ -157,7 +157,11 @@ def _measure(
         "axis_cos": float(own.axis_unit_ @ ref.axis_unit_),
         "role_norm": np.nanmean(np.linalg.norm(f.vectors[:-1], axis=1)),
     }
-    summary |= {f"spread_pc{j + 1}": np.nanstd(pcs[:-1, j]) for j in range(SPREAD_PCS)}
+    spread = _pad(ref.transform(f.vectors[:-1]), SPREAD_PCS)  # NaN past the space's own PCs
+    summary |= {
+        f"spread_pc{j + 1}": np.nanstd(col) if np.isfinite(col).any() else np.nan
+        for j, col in enumerate(spread.T)
+    }
     summary |= {f"loading_corr_pc{j + 1}": corr[j] for j in range(LOADING_PCS)}
     vectors = {"axis": p, "z": z} | {f"pc{j + 1}": pcs[:, j] for j in range(n_pcs)}
     mine = own.aligned(ref)

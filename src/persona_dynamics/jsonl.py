@@ -45,11 +45,12 @@ def complete_length(path: Path, chunk: int = 1 << 16) -> int:
     return 0
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Every complete row of a JSONL file; a torn last line (from a kill) is dropped.
+def numbered_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) of every complete row of a JSONL file; a torn last line (from a kill)
+    is dropped.
 
-    A missing file reads as no rows. A line that is complete but not a JSON object is corruption,
-    not a kill, and an error naming file:line.
+    A missing file reads as no rows. A line that is complete but not UTF-8 text or not a JSON
+    object is corruption, not a kill, and an error naming file:line.
     """
     path = Path(path)
     if not path.exists():
@@ -63,7 +64,13 @@ def read_rows(path: str | Path) -> list[dict]:
             len(data) - cut,
         )
     rows = []
-    for n, line in enumerate(data[:cut].decode("utf-8").splitlines(), 1):
+    for n, raw in enumerate(data[:cut].split(b"\n")[:-1], 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PersonaDynamicsError(
+                located(path, f"corrupt line: not UTF-8 text (byte {exc.start + 1})", n)
+            ) from None
         if not line.strip():
             continue
         try:
@@ -72,20 +79,32 @@ def read_rows(path: str | Path) -> list[dict]:
             raise PersonaDynamicsError(located(path, f"corrupt line: {exc.msg}", n)) from None
         if not isinstance(row, dict):
             raise PersonaDynamicsError(located(path, "corrupt line: not a JSON object", n))
-        rows.append(row)
+        rows.append((n, row))
     return rows
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """Every complete row of a JSONL file (`numbered_rows` without the line numbers)."""
+    return [row for _, row in numbered_rows(path)]
+
+
+def check_key(path: Path, line: int, row: dict, fields: Sequence[str] = KEY) -> tuple:
+    """A row's key, each field a non-negative integer; else an error naming file:line and field."""
+    for f in fields:
+        if f not in row:
+            raise PersonaDynamicsError(located(path, f"missing key field '{f}'", line))
+        v = row[f]
+        if type(v) is not int or v < 0:
+            raise PersonaDynamicsError(
+                located(path, f"'{f}' must be a non-negative integer, not {v!r}", line)
+            )
+    return key_of(row, fields)
+
+
 def existing_keys(path: str | Path, fields: Sequence[str] = KEY) -> set[tuple]:
-    """The keys already written to a JSONL file (none when it does not exist)."""
+    """The keys already written to a JSONL file (none when it does not exist), each checked."""
     path = Path(path)
-    out = set()
-    for n, row in enumerate(read_rows(path), 1):
-        try:
-            out.add(key_of(row, fields))
-        except KeyError as exc:
-            raise PersonaDynamicsError(located(path, f"row {n} lacks key field {exc}")) from None
-    return out
+    return {check_key(path, n, row, fields) for n, row in numbered_rows(path)}
 
 
 class Appender:

@@ -23,9 +23,17 @@ from persona_dynamics import __version__
 from persona_dynamics.config import Checkpoint, Judge, Study, safe_name
 from persona_dynamics.errors import Interrupted, PersonaDynamicsError, located
 from persona_dynamics.files import write_json, write_text
-from persona_dynamics.jsonl import KEY, Appender, key_of, read_rows
+from persona_dynamics.jsonl import (
+    KEY,
+    Appender,
+    check_key,
+    existing_keys,
+    key_of,
+    numbered_rows,
+    read_rows,
+)
 from persona_dynamics.lock import hold, lock_file
-from persona_dynamics.roles import DEFAULT, digest
+from persona_dynamics.roles import DEFAULT, digest, read_json
 from persona_dynamics.transcripts import read_selection, scores_path, selection, transcripts_dir
 
 log = logging.getLogger(__name__)
@@ -131,6 +139,24 @@ def cache_path(cfg: Study, jcfg: Judge) -> Path:
     return cfg.output_root / "cache" / "judge" / f"{safe}.jsonl"
 
 
+def read_cache(path: Path) -> dict[str, str]:
+    """The judge cache, prompt hash -> raw answer; a row without both as strings names file:line."""
+    out = {}
+    for n, row in numbered_rows(path):
+        h, raw = row.get("prompt_hash"), row.get("raw")
+        if not (isinstance(h, str) and isinstance(raw, str)):
+            raise PersonaDynamicsError(
+                located(
+                    path,
+                    "a cache row needs string 'prompt_hash' and 'raw'; delete the "
+                    "file to drop the cache",
+                    n,
+                )  # fmt: skip
+            )
+        out[h] = raw
+    return out
+
+
 # --- the judge's identity ------------------------------------------------------------------------
 
 JUDGE_MANIFEST = "judge.json"
@@ -155,13 +181,7 @@ def read_judge(scores_dir: Path) -> dict | None:
     path = scores_dir / JUDGE_MANIFEST
     if not path.exists():
         return None
-    try:
-        out = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PersonaDynamicsError(f"{path}: corrupt judge manifest ({exc})") from None
-    if not isinstance(out, dict):
-        raise PersonaDynamicsError(f"{path}: corrupt judge manifest (not a JSON object)")
-    return out
+    return read_json(path, obj=True)
 
 
 def check_judge(scores_dir: Path, identity: dict) -> None:
@@ -215,13 +235,14 @@ def check_scores_judge(cfg: Study) -> None:
     check_judge(out, judge_identity(cfg.judge, rubrics))
 
 
-def write_judge(scores_dir: Path, identity: dict) -> Path:
+def write_judge(scores_dir: Path, identity: dict, preset: dict | None = None) -> Path:
     """Record (atomically) the judge of a scores directory; rubrics accumulate over roles."""
     old = (read_judge(scores_dir) if any(scores_dir.glob("*.jsonl")) else None) or {}
     rubrics = {**(old.get("rubrics") or {}), **identity["rubrics"]}
     out = {
         **identity,
         "rubrics": dict(sorted(rubrics.items())),
+        **(preset or {}),
         "package_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -325,11 +346,12 @@ def _score(cfg: Study, rows: list[dict], rubric: dict[str, str], out: Path) -> P
     jcfg = cfg.judge
     identity = judge_identity(jcfg, rubric)
     check_judge(out, identity)
-    write_judge(out, identity)
-    scored = {role: {key_of(x) for x in read_rows(out / f"{role}.jsonl")} for role in rubric}
+    scored = {role: existing_keys(out / f"{role}.jsonl") for role in rubric}
     todo = [r for r in rows if key_of(r) not in scored[r["role"]]]
     name = judge_name(jcfg)
-    cache = {c["prompt_hash"]: c["raw"] for c in read_rows(cache_path(cfg, jcfg))}
+    cache = read_cache(cache_path(cfg, jcfg))
+    preset = {"preset": cfg.preset, "preset_departures": cfg.departures()}
+    write_judge(out, identity, preset)  # once every file it reads has been read
     items, hashes, hits = [], {}, []
     for r in todo:
         question = next(m["content"] for m in reversed(r["messages"]) if m["role"] == "user")
@@ -426,17 +448,18 @@ def load_scores(scores_dir: str | Path) -> dict[tuple[str, int, int, int], int |
         raise PersonaDynamicsError(f"{scores_dir}: no scores here; run `persona-dynamics judge`")
     out = {}
     for path in sorted(scores_dir.glob("*.jsonl")):
-        for n, row in enumerate(read_rows(path), 1):
+        for n, row in numbered_rows(path):
+            key = check_key(path, n, row)
             if "score" not in row:
-                raise PersonaDynamicsError(located(path, f"row {n}: no 'score'"))
+                raise PersonaDynamicsError(located(path, "no 'score'", n))
             score = row["score"]
             if score is not None:
                 if type(score) not in (int, float) or score not in SCORES:  # not "3", 7, true
                     raise PersonaDynamicsError(
-                        located(path, f"row {n}: score {score!r} is not one of 0-3 or null")
+                        located(path, f"score {score!r} is not one of 0-3 or null", n)
                     )
                 score = int(score)
-            out[(path.stem, *key_of(row))] = score
+            out[(path.stem, *key)] = score
     return out
 
 

@@ -7,6 +7,7 @@ so and tells how to point at a local directory instead.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +53,49 @@ def _hub_error(model: str, revision: str, exc: Exception) -> PersonaDynamicsErro
             f"'{model}' has no revision '{revision}' ({text.splitlines()[0]})"
         )
     return PersonaDynamicsError(
-        f"cannot load '{model}' at revision '{revision}': {text.splitlines()[0]}"
+        f"cannot load '{model}' at revision '{revision}' (a hub id, as no local directory of "
+        f"that name exists): {text.splitlines()[0]}"
     )
 
 
+# A hub id: `name` or `owner/name`. Anything else (a path with more parts, `./x`, `/x`, `~/x`) is a
+# local directory, whether it exists or not, so a missing one is reported as missing.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
+# What a local model directory must hold for each use: (what, any of these names or patterns).
+NEEDS = {
+    "config": ("config.json", ("config.json",)),
+    "tokenizer": (
+        "tokenizer files (tokenizer.json or tokenizer_config.json)",
+        ("tokenizer.json", "tokenizer_config.json"),
+    ),
+    "weights": (
+        "weights (*.safetensors or pytorch_model*.bin)",
+        ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json"),
+    ),
+}
+
+
 def is_local(model: str) -> bool:
-    return Path(model).exists()
+    """Whether a checkpoint's `model` names a local directory rather than a hub id."""
+    return Path(model).exists() or not HUB_ID.fullmatch(model)
+
+
+def check_local(model: str, *needs: str) -> None:
+    """Refuse a local model directory that does not exist or lacks what loading it needs."""
+    path = Path(model)
+    if not path.exists():
+        raise PersonaDynamicsError(f"{model}: local model directory not found")
+    if not path.is_dir():
+        raise PersonaDynamicsError(f"{model}: not a directory (a model is a directory)")
+    lacks = [n for n, (_, pats) in NEEDS.items() if not any(any(path.glob(p)) for p in pats)]
+    if len(lacks) == len(NEEDS):  # empty, or some other directory: say all it should hold
+        what = ", no ".join(NEEDS[n][0] for n in lacks)
+        raise PersonaDynamicsError(f"{model}: not a model directory: no {what}")
+    missing = [NEEDS[n][0] for n in needs if n in lacks]
+    if missing:
+        raise PersonaDynamicsError(
+            f"{model}: incomplete model directory: no {', no '.join(missing)}"
+        )
 
 
 def resolve_commit(model: str, revision: str) -> str | None:
@@ -99,6 +137,8 @@ def load_tokenizer(model: str, revision: str = "main"):
     from transformers import AutoTokenizer
 
     kwargs = {} if is_local(model) else {"revision": revision}
+    if is_local(model):
+        check_local(model, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(model, **kwargs)
     except OSError as exc:
@@ -113,6 +153,8 @@ def load_config(model: str, revision: str = "main"):
     from transformers import AutoConfig
 
     kwargs = {} if is_local(model) else {"revision": revision}
+    if is_local(model):
+        check_local(model, "config")
     try:
         return AutoConfig.from_pretrained(model, **kwargs)
     except OSError as exc:
@@ -150,8 +192,8 @@ def load_model(
     commit = commit or resolve_commit(ckpt.model, ckpt.revision)
     if not is_local(ckpt.model):
         kwargs["revision"] = commit or ckpt.revision
-    elif not Path(ckpt.model, "config.json").exists():
-        raise PersonaDynamicsError(f"{ckpt.model}: not a model directory (no config.json)")
+    else:
+        check_local(ckpt.model, "config", "weights")
     try:
         model = AutoModelForCausalLM.from_pretrained(ckpt.model, **kwargs)
     except OSError as exc:

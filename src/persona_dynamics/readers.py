@@ -243,8 +243,21 @@ def layer_sums(
     """Stream a store's layer into per-(question, vector) sums; `index` maps rows to vectors."""
     sums = GroupSums(questions, n_groups, width(store))
     for rows, x in tqdm(store.iter_layer(layer), desc=f"layer {layer}", leave=False):
+        check_finite(store, layer, rows, x)
         sums.add(index[rows], store.question_idx[rows], x)
     return sums
+
+
+def check_finite(store: ActivationStore, layer: int, rows: slice, x: np.ndarray) -> None:
+    """Refuse NaN or inf activations, naming the store and the row's key (an empty response's
+    row is NaN by contract and is never used)."""
+    bad = ~np.isfinite(x).all(axis=1) & (store.n_tokens[rows] > 0)
+    if bad.any():
+        row = rows.start + int(np.flatnonzero(bad)[0])
+        raise PersonaDynamicsError(
+            f"{store.path}: NaN or inf activations at layer {layer} in {int(bad.sum())} row(s), "
+            f"the first ({store.key(row)}); capture this label again"
+        )
 
 
 def stage_labels(cfg: Study) -> list[str]:

@@ -33,6 +33,13 @@ def shipped_questions() -> Path:
     return Path(resources.files("persona_dynamics") / "data" / "roles" / "questions.jsonl")
 
 
+def upstream_default() -> Path:
+    """Upstream assistant-axis's five default-Assistant prompts (package data), the preset's."""
+    return Path(
+        resources.files("persona_dynamics") / "data" / "roles" / "upstream" / "default.json"
+    )
+
+
 @dataclass(frozen=True)
 class Role:
     """One role: its system-prompt variants, the judge's rubric and optional own questions."""
@@ -54,26 +61,36 @@ class Question:
     category: str | None = None
 
 
-def read_json(path: Path) -> object:
-    """Parse a JSON file; a syntax error names file:line:column."""
+def read_text(path: Path, what: str = "") -> str:
+    """A UTF-8 text file; a missing file or bytes that are not UTF-8 name file:line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: file not found") from None
+        raise PersonaDynamicsError(f"{path}: {what + ' ' if what else ''}file not found") from None
     try:
-        return json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PersonaDynamicsError(located(path, "not UTF-8 text", line)) from None
+
+
+def read_json(path: Path, obj: bool = False) -> object:
+    """Parse a JSON file (with `obj`, one holding an object); errors name file:line:column."""
+    text = read_text(path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PersonaDynamicsError(
             located(path, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)
         ) from None
+    if obj and not isinstance(data, dict):
+        raise PersonaDynamicsError(located(path, "top level must be a JSON object"))
+    return data
 
 
 def read_jsonl(path: Path, what: str) -> list[tuple[int, object]]:
     """(line number, parsed value) of every non-blank line; errors name file:line:column."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PersonaDynamicsError(f"{path}: {what} file not found") from None
+    lines = read_text(path, what).splitlines()
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -87,15 +104,14 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, object]]:
     return rows
 
 
-def load_role(path: str | Path) -> Role:
-    """Load and check one `<role>.json`; every problem names the file and field."""
+def load_role(path: str | Path, name: str | None = None) -> Role:
+    """Load and check one `<role>.json` (its name the stem, unless given); every problem names the
+    file and field."""
     path = Path(path)
-    name = path.stem
+    name = name or path.stem
     if not NAME.fullmatch(name):
         raise PersonaDynamicsError(located(path, "role names (file stems) must match [a-z0-9_]+"))
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise PersonaDynamicsError(located(path, "top level must be a JSON object"))
+    data = read_json(path, obj=True)
     unknown = sorted(set(data) - {"instruction", "eval_prompt", "questions"})
     if unknown:
         raise PersonaDynamicsError(located(path, f"unknown field(s): {', '.join(unknown)}"))
@@ -152,9 +168,11 @@ def load_roles(directory: str | Path, include: list[str] | None = None) -> list[
     return [load_role(p) for p in paths]
 
 
-def load_default(directory: str | Path) -> Role:
-    """The default Assistant's prompts (`default.json`, the empty prompt among them)."""
-    return load_role(Path(directory) / f"{DEFAULT}.json")
+def load_default(where: str | Path) -> Role:
+    """The default Assistant's prompts: a roles directory's `default.json` (the empty prompt among
+    them), or the file named."""
+    path = Path(where)
+    return load_role(path / f"{DEFAULT}.json" if path.is_dir() else path, DEFAULT)
 
 
 def load_questions(path: str | Path, count: int | None = None) -> list[Question]:

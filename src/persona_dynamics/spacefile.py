@@ -189,39 +189,77 @@ class SavedSpace:
 
 
 def read_space(path: Path) -> SavedSpace:
-    """Read a space.h5: root attrs and vector tables, and each layer's small arrays and stats."""
-    with h5py.File(path, "r") as h5:
-        attrs = {k: plain(v) for k, v in h5.attrs.items()}
-        per_layer = {int(layer): _read_layer(h5[f"layer_{layer}"]) for layer in attrs["layers"]}
-        return SavedSpace(
-            path=Path(path),
-            attrs=attrs,
-            names=list(h5["names"].asstr()[:-1]),
-            roles=list(h5["roles"].asstr()[:-1]),
-            categories=h5["categories"][:-1],
-            counts=h5["counts"][:-1],
-            questions=h5["questions"][:],
-            weights=h5["weights"][:],
-            per_layer=per_layer,
-        )
+    """Read a space.h5: root attrs and vector tables, and each layer's small arrays and stats.
+
+    A file cut short, or one without a dataset or attribute of the format, names the file and
+    what is missing.
+    """
+    path = Path(path)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise PersonaDynamicsError(f"{path}: not a readable HDF5 file ({exc})") from None
+    try:
+        with h5:
+            return _read(path, Lookup(path, h5))
+    except OSError as exc:  # a damaged chunk
+        raise PersonaDynamicsError(f"{path}: unreadable ({exc}); run `analyze` again") from None
 
 
-def _read_layer(g) -> SpaceLayer:
-    point = g["loadings"][:, :LOADING_PCS]
+class Lookup:
+    """A space.h5's datasets and attributes by name; a missing one names the file and the name."""
+
+    def __init__(self, path: Path, h5):
+        self.path, self.h5 = path, h5
+
+    def __call__(self, name: str) -> np.ndarray:
+        if not isinstance(self.h5.get(name), h5py.Dataset):
+            raise PersonaDynamicsError(f"{self.path}: dataset '{name}' missing; run `analyze` "
+                                       "again")  # fmt: skip
+        return self.h5[name]
+
+    def attr(self, group: str, name: str):
+        attrs = self.h5[group].attrs if group else self.h5.attrs
+        if name not in attrs:
+            where = f"{group}/{name}" if group else name
+            raise PersonaDynamicsError(f"{self.path}: attribute '{where}' missing; run "
+                                       "`analyze` again")  # fmt: skip
+        return attrs[name]
+
+
+def _read(path: Path, get: Lookup) -> SavedSpace:
+    attrs = {k: plain(v) for k, v in get.h5.attrs.items()}
+    for name in ("layers", "lead_layer"):
+        get.attr("", name)
+    per_layer = {int(layer): _read_layer(get, f"layer_{layer}") for layer in attrs["layers"]}
+    return SavedSpace(
+        path=path,
+        attrs=attrs,
+        names=list(get("names").asstr()[:-1]),
+        roles=list(get("roles").asstr()[:-1]),
+        categories=get("categories")[:-1],
+        counts=get("counts")[:-1],
+        questions=get("questions")[:],
+        weights=get("weights")[:],
+        per_layer=per_layer,
+    )
+
+
+def _read_layer(get: Lookup, g: str) -> SpaceLayer:
+    point = get(f"{g}/loadings")[:, :LOADING_PCS]
     point = np.pad(point, ((0, 0), (0, LOADING_PCS - point.shape[1])), "constant",
                    constant_values=np.nan)  # fmt: skip
-    stats = {
-        k: (float(v), float(g.attrs[f"{k}_lo"]), float(g.attrs[f"{k}_hi"]))
-        for k, v in g.attrs.items()
-        if not k.endswith(("_lo", "_hi"))
-    }
+    names = [k for k in get.h5[g].attrs if not k.endswith(("_lo", "_hi"))]
+    stats = {k: tuple(float(get.attr(g, k + end)) for end in ("", "_lo", "_hi")) for k in names}
     return SpaceLayer(
-        explained_variance_ratio=g["explained_variance_ratio"][:],
-        projections=g["projections"][:],
-        axis_projections=g["axis_projections"][:],
-        default_projection=g["default_projection"][:],
-        default_axis=float((g["default"][:] - g["mean"][:]) @ g["axis_unit"][:]),
-        loadings=np.concatenate([point[None], g["boot_loadings"][:]]),
+        explained_variance_ratio=get(f"{g}/explained_variance_ratio")[:],
+        projections=get(f"{g}/projections")[:],
+        axis_projections=get(f"{g}/axis_projections")[:],
+        default_projection=get(f"{g}/default_projection")[:],
+        default_axis=float(
+            (get(f"{g}/default")[:] - get(f"{g}/mean")[:]) @ get(f"{g}/axis_unit")[:]
+        ),
+        loadings=np.concatenate([point[None], get(f"{g}/boot_loadings")[:]]),
         stats=stats,
     )
 

@@ -215,18 +215,74 @@ class ActivationStore:
             self.f = h5py.File(self.path, "r")
         except OSError as exc:
             raise PersonaDynamicsError(f"{self.path}: not a readable HDF5 store ({exc})") from None
+        try:
+            self._load()
+        except PersonaDynamicsError:
+            self.f.close()
+            raise
+        except (OSError, KeyError) as exc:  # a damaged file that h5py opened but cannot read
+            self.f.close()
+            raise PersonaDynamicsError(f"{self.path}: not a readable HDF5 store ({exc})") from None
+
+    def _load(self) -> None:
+        """Read the attributes and key datasets, checking them against the contract."""
         raw = dict(self.f.attrs)
+        for name in ("roles", "layers"):
+            if name not in raw:
+                raise PersonaDynamicsError(f"{self.path}: not an activation store: attribute "
+                                           f"'{name}' missing")  # fmt: skip
         self.attrs = {k: None for k in ATTRS} | {k: plain(v) for k, v in raw.items()}
         self.attrs.pop("roles", None)
-        self.roles: list[str] = [plain(r) for r in raw.get("roles", [])]
-        self.layers: list[int] = [int(x) for x in self.attrs["layers"] or []]
-        self.role_codes = self.f["role"][:]
-        self.system_prompt_idx = self.f["system_prompt_idx"][:]
-        self.question_idx = self.f["question_idx"][:]
-        self.rollout_idx = self.f["rollout_idx"][:]
-        self.n_tokens = self.f["n_tokens"][:]
+        self.roles: list[str] = [plain(r) for r in raw["roles"]]
+        self.layers: list[int] = [int(x) for x in self.attrs["layers"]]
         self.ragged = "tokens" in self.f
-        self.offsets = self.f["offsets"][:] if self.ragged else None
+        data = self._dataset("tokens" if self.ragged else "acts")
+        self.role_codes = self._column("role")
+        self.system_prompt_idx = self._column("system_prompt_idx")
+        self.question_idx = self._column("question_idx")
+        self.rollout_idx = self._column("rollout_idx")
+        self.n_tokens = self._column("n_tokens")
+        self.offsets = self._dataset("offsets")[:] if self.ragged else None
+        n = len(self.role_codes)
+        if len(self.role_codes) and not 0 <= self.role_codes.min() <= self.role_codes.max() < len(
+            self.roles
+        ):
+            raise PersonaDynamicsError(
+                f"{self.path}: dataset 'role' holds codes outside the {len(self.roles)} roles"
+            )
+        if data.ndim != 3 or data.shape[1] != len(self.layers):
+            raise PersonaDynamicsError(
+                f"{self.path}: dataset '{data.name.lstrip('/')}' has shape {data.shape}, not "
+                f"(rows, {len(self.layers)} layers, hidden)"
+            )
+        if not self.ragged and data.shape[0] != n:
+            raise PersonaDynamicsError(
+                f"{self.path}: dataset 'acts' has {data.shape[0]} rows for {n} keys"
+            )
+
+    def _dataset(self, name: str):
+        if name not in self.f:
+            raise PersonaDynamicsError(f"{self.path}: not an activation store: dataset '{name}' "
+                                       "missing")  # fmt: skip
+        return self.f[name]
+
+    def _column(self, name: str) -> np.ndarray:
+        """A per-row key dataset, one integer per row, as long as the `role` column."""
+        col = self._dataset(name)[:]
+        if col.ndim != 1 or not np.issubdtype(col.dtype, np.integer):
+            raise PersonaDynamicsError(f"{self.path}: dataset '{name}' is not one integer per row")
+        if name != "role" and len(col) != len(self.role_codes):
+            raise PersonaDynamicsError(
+                f"{self.path}: dataset '{name}' has {len(col)} rows, 'role' {len(self.role_codes)}"
+            )
+        return col
+
+    def key(self, row: int) -> str:
+        """A row's key in words, for messages: role, prompt, question, rollout."""
+        return (
+            f"role '{self.roles[self.role_codes[row]]}', prompt {int(self.system_prompt_idx[row])}"
+            f", question {int(self.question_idx[row])}, rollout {int(self.rollout_idx[row])}"
+        )
 
     @classmethod
     def open(cls, path: Path) -> ActivationStore:
@@ -287,7 +343,14 @@ class ActivationStore:
         acts = self.f["acts"]
         for i in range(0, len(self), chunk):
             s = slice(i, min(i + chunk, len(self)))
-            yield s, acts[s, j, :].astype(np.float32)
+            try:
+                block = acts[s, j, :]
+            except OSError as exc:  # a damaged chunk (a file cut short or overwritten)
+                raise PersonaDynamicsError(
+                    f"{self.path}: rows {s.start}-{s.stop - 1} of layer {layer} are unreadable "
+                    f"({exc}); capture this label again"
+                ) from None
+            yield s, block.astype(np.float32)
 
     def tokens(self, row: int, layer: int | None = None) -> np.ndarray:
         """Per-token activations of one sample (aggregation 'none'): (n, layers) or one layer."""

@@ -11,16 +11,15 @@ this module alone, taking exactly the config's selection of roles and questions 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from persona_dynamics import __version__
 from persona_dynamics.config import WHOLE, Shard, Study, safe_name
-from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.errors import PersonaDynamicsError, located
 from persona_dynamics.files import write_json
-from persona_dynamics.jsonl import KEY, existing_keys, key_of, read_rows
+from persona_dynamics.jsonl import KEY, check_key, existing_keys, key_of, numbered_rows
 from persona_dynamics.models import is_local
 from persona_dynamics.roles import (
     DEFAULT,
@@ -30,6 +29,7 @@ from persona_dynamics.roles import (
     load_default,
     load_questions,
     load_roles,
+    read_json,
     role_paths,
 )
 
@@ -106,7 +106,7 @@ def selection(cfg: Study) -> tuple[list[Role], dict[str, list[Question]]]:
     names = [n for n in include if n != DEFAULT]
     roles = load_roles(cfg.roles.role_dir, names or None) if names or not include else []
     if cfg.roles.include_default or DEFAULT in include:
-        roles.append(load_default(cfg.roles.role_dir))
+        roles.append(load_default(cfg.roles.default_file))
     shared = load_questions(cfg.roles.question_file, cfg.roles.question_count)
     questions = {}
     for r in roles:
@@ -172,14 +172,37 @@ def read_transcripts(directory: str | Path, roles: list[str] | None = None) -> l
     out, seen = [], {}
     for role, paths in parts.items():
         for p in paths:
-            for row in read_rows(p):
-                key = (role, *key_of(row, KEY))
+            for n, row in numbered_rows(p):
+                key = (role, *check_row(p, n, row))
                 if key in seen:
                     raise PersonaDynamicsError(f"{p}: key {key} also written in {seen[key]}")
                 seen[key] = p
                 out.append({"role": role, **row})
     out.sort(key=lambda r: (r["role"], *key_of(r, KEY)))
     return out
+
+
+def check_row(path: Path, line: int, row: dict) -> tuple:
+    """A transcript row's key, its fields checked against the contract; else an error naming
+    file:line and the field."""
+    key = check_key(path, line, row)
+
+    def bad(what: str) -> PersonaDynamicsError:
+        return PersonaDynamicsError(located(path, what, line))
+
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad(f"'messages' must be a non-empty list, not {messages!r:.40}")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)):  # fmt: skip
+            raise bad(f"'messages[{i}]' must be an object with string 'role' and 'content'")
+    if not isinstance(row.get("response"), str):
+        raise bad(f"'response' must be a string, not {row.get('response')!r:.40}")
+    n_tokens = row.get("n_tokens", 0)
+    if type(n_tokens) is not int or n_tokens < 0:
+        raise bad(f"'n_tokens' must be a non-negative integer, not {n_tokens!r:.40}")
+    return key
 
 
 def transcripts_digest(rows: list[dict]) -> str:
@@ -193,10 +216,7 @@ def read_manifest(directory: Path) -> dict | None:
     path = directory / MANIFEST
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PersonaDynamicsError(f"{path}: corrupt manifest ({exc.msg})") from None
+    return read_json(path, obj=True)
 
 
 def check_manifest(directory: Path, manifest: dict) -> None:

@@ -131,6 +131,8 @@ def _generate(cfg: Study, out: Path, shard: Shard) -> Path:
         "questions_file": str(cfg.roles.question_file),
         "question_count": cfg.roles.question_count,
         "questions_digest": questions_digest(next(iter(questions.values()))),
+        "preset": cfg.preset,
+        "preset_departures": cfg.departures(),
     }
     check_manifest(out, manifest)  # sampling parameters: refuse before loading any model
     total = sum(len(r.todo) for r in requests)

@@ -11,7 +11,7 @@ the plots and tables draw, so the HTML report and the notebook show the same num
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from persona_dynamics.config import Study
-from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.roles import DEFAULT
+from persona_dynamics.errors import PersonaDynamicsError, located
+from persona_dynamics.roles import DEFAULT, read_json, read_text
 from persona_dynamics.spacefile import read_space
 
 TEXT = {
@@ -28,6 +28,18 @@ TEXT = {
     "conversation", "domain", "direction",
 }  # fmt: skip
 INTS = {"stage", "layer", "category", "n_samples", "rank"}
+# The columns (and JSON keys) the report reads from each file: a file without one is refused.
+COLUMNS = {
+    "dynamics.csv": ("space", "label", "layer", "vector", "role", "category", "axis", "axis_lo",
+                     "axis_hi", "z", "z_lo", "z_hi", "pc1"),
+    "labels.csv": ("space", "label", "layer", "statistic", "value", "lo", "hi"),
+    "adapters.csv": ("label", "base", "text", "layer", "statistic", "value", "lo", "hi"),
+    "adapters_nearest.csv": ("label", "text", "layer", "vector", "rank", "cos", "cos_lo", "cos_hi"),
+}  # fmt: skip
+KEYS = {
+    "summary.json": ("run", "reference", "lead_layer", "per_layer"),
+    "dynamics.json": ("labels",),
+}
 NAN = (math.nan, math.nan, math.nan)
 
 
@@ -143,10 +155,16 @@ def run_of(cfg: Study) -> Run:
 
 
 def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PersonaDynamicsError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    """A JSON object written by `analyze` or `compare`, with the keys the report reads."""
+    data = read_json(path, obj=True)
+    missing = [k for k in KEYS.get(path.name, ()) if k not in data]
+    if missing:
+        raise PersonaDynamicsError(
+            located(
+                path, f"key(s) {', '.join(missing)} missing; run `analyze` (and `compare`) again"
+            )
+        )
+    return data
 
 
 def _cell(key: str, text: str):
@@ -158,11 +176,31 @@ def _cell(key: str, text: str):
 
 
 def read_rows(path: Path) -> list[dict]:
-    """A CSV written by `compare`, numbers parsed (empty cells are NaN)."""
+    """A CSV written by `compare`, numbers parsed (empty cells are NaN); a missing column, a row
+    cut short or a cell that is not a number names file:line (and the column)."""
     if not path.is_file():
         raise PersonaDynamicsError(f"{path}: missing; run `persona-dynamics compare` again")
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [{k: _cell(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    missing = [c for c in COLUMNS.get(path.name, ()) if c not in (reader.fieldnames or [])]
+    if missing:
+        raise PersonaDynamicsError(located(path, f"column(s) {', '.join(missing)} missing", 1))
+    rows = []
+    for row in reader:
+        n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+        if n != len(reader.fieldnames):
+            raise PersonaDynamicsError(located(
+                path, f"{n} cells where the header has {len(reader.fieldnames)} (a file cut "
+                "short?); run `persona-dynamics compare` again", reader.line_num))  # fmt: skip
+        cells = {}
+        for k, v in row.items():
+            try:
+                cells[k] = _cell(k, v)
+            except ValueError:
+                raise PersonaDynamicsError(
+                    located(path, f"column '{k}': {v!r} is not a number", reader.line_num)
+                ) from None
+        rows.append(cells)
+    return rows
 
 
 def _spaces(path: Path) -> tuple[dict, dict[int, LayerSpace]]:
