@@ -355,7 +355,10 @@ def test_read_transcripts_errors(tmp_path):
     (tmp_path / "cat.jsonl").write_text("")
     with pytest.raises(PersonaDynamicsError, match="no transcripts for role.*pirate"):
         read_transcripts(tmp_path, ["pirate"])
-    line = json.dumps({"system_prompt_idx": 0, "question_idx": 0, "rollout_idx": 0}) + "\n"
+    row = {"system_prompt_idx": 0, "question_idx": 0, "rollout_idx": 0, "response": "Mew.",
+           "messages": [{"role": "user", "content": "Hi?"}], "finish_reason": "stop",
+           "n_tokens": 2}  # fmt: skip
+    line = json.dumps(row) + "\n"
     (tmp_path / "cat.jsonl").write_text(line)
     (tmp_path / "cat.shard-0-of-2.jsonl").write_text(line)
     with pytest.raises(PersonaDynamicsError, match=r"key \('cat', 0, 0, 0\) also written"):
