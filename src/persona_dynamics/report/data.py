@@ -36,10 +36,7 @@ COLUMNS = {
     "adapters.csv": ("label", "base", "text", "layer", "statistic", "value", "lo", "hi"),
     "adapters_nearest.csv": ("label", "text", "layer", "vector", "rank", "cos", "cos_lo", "cos_hi"),
 }  # fmt: skip
-KEYS = {
-    "summary.json": ("run", "reference", "lead_layer", "per_layer"),
-    "dynamics.json": ("labels",),
-}
+SUMMARY = ("run", "reference", "lead_layer", "per_layer")  # analysis/<run>/summary.json
 NAN = (math.nan, math.nan, math.nan)
 
 
@@ -119,15 +116,15 @@ def load_run(path: str | Path, adapters: dict[str, str] | None = None) -> Run:
             raise PersonaDynamicsError(
                 f"{path / name}: missing; run `persona-dynamics analyze` for this run first"
             )
-    summary = _json(path / "summary.json")
+    summary = _json(path / "summary.json", SUMMARY)
     meta, spaces = _spaces(path / "space.h5")
     run = Run(dir=path, meta=meta, summary=summary, spaces=spaces, adapters=dict(adapters or {}))
     if (path / "dynamics.json").is_file():
-        run.dynamics = _json(path / "dynamics.json")
+        run.dynamics = _json(path / "dynamics.json", ("labels",))
         run.vectors = read_rows(path / "dynamics.csv")
         run.labels = read_rows(path / "labels.csv")
     for other in sorted((path / "across").glob("*.json")):
-        run.across[other.stem] = _json(other)
+        run.across[other.stem] = _json(other, (), "compare")
     if (path / "adapters.csv").is_file():
         run.placed = read_rows(path / "adapters.csv")
         run.nearest = read_rows(path / "adapters_nearest.csv")
@@ -147,22 +144,20 @@ def run_of(cfg: Study) -> Run:
         run.drift = read_rows(cfg.path("drift", "turns.csv"))
         run.slopes = read_rows(cfg.path("drift", "slopes.csv"))
     if cfg.path("traits", "summary.json").is_file():
-        run.traits = _json(cfg.path("traits", "summary.json"))["traits"]
+        run.traits = _json(cfg.path("traits", "summary.json"), ("traits",), "traits")["traits"]
     return run
 
 
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _json(path: Path) -> dict:
-    """A JSON object written by `analyze` or `compare`, with the keys the report reads."""
+def _json(path: Path, keys: tuple[str, ...], stage: str = "analyze") -> dict:
+    """A JSON object written by `stage`, with the keys the report reads."""
     data = read_json(path, obj=True)
-    missing = [k for k in KEYS.get(path.name, ()) if k not in data]
+    missing = [k for k in keys if k not in data]
     if missing:
         raise PersonaDynamicsError(
-            located(
-                path, f"key(s) {', '.join(missing)} missing; run `analyze` (and `compare`) again"
-            )
+            located(path, f"key(s) {', '.join(missing)} missing; run `{stage}` again")
         )
     return data
 
