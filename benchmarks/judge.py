@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from persona_dynamics.judge import judge_prompt
+from persona_dynamics.judges import judge_prompt
 from persona_dynamics.openai_client import Call, ChatClient
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "chat_server.py"

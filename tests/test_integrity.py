@@ -225,7 +225,7 @@ def test_scores_from_before_judge_json_are_checked_by_their_rows(tmp_path):
 
 def test_analysis_refuses_scores_of_another_judge(tmp_path):
     from persona_dynamics.config import Judge
-    from persona_dynamics.judge import judge_identity, write_judge
+    from persona_dynamics.scores import judge_identity, write_judge
 
     cfg, conf = store_study(tmp_path, [{"label": "m", "model": "org/m"}])
     scores = cfg.path("scores")

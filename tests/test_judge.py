@@ -10,14 +10,9 @@ import pytest
 
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.jsonl import read_rows
-from persona_dynamics.judge import (
-    format_table,
-    judge_prompt,
-    load_scores,
-    parse_score,
-    run_judge,
-    summarize,
-)
+from persona_dynamics.judge import run_judge
+from persona_dynamics.judges import judge_prompt, parse_score
+from persona_dynamics.scores import format_table, load_scores, summarize
 from persona_dynamics.transcripts import transcripts_dir
 
 from helpers.chat_server import ChatServer

@@ -10,8 +10,10 @@ import pytest
 
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.jsonl import Appender, key_of, read_rows
-from persona_dynamics.judge import judge_prompt, load_scores, parse_score, run_judge
+from persona_dynamics.judge import run_judge
+from persona_dynamics.judges import judge_prompt, parse_score
 from persona_dynamics.roles import load_roles
+from persona_dynamics.scores import load_scores
 from persona_dynamics.transcripts import read_transcripts, transcripts_dir
 
 from helpers.judge import FOUR_QUESTIONS, plant

@@ -22,7 +22,7 @@ from persona_dynamics import chat, toy
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import messages_for
-from persona_dynamics.judge import parse_score
+from persona_dynamics.judges import parse_score
 from persona_dynamics.models import load_model, load_tokenizer
 
 SAMPLED_ROLES = ["pirate", "cat", "robot_butler", "cowboy", "oracle", "default"]

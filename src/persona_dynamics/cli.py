@@ -488,7 +488,8 @@ def judge(
 ) -> None:
     """Score every role transcript 0-3 with an LLM judge; print the per-role distribution."""
     from persona_dynamics.config import build
-    from persona_dynamics.judge import format_table, load_scores, run_judge, summarize
+    from persona_dynamics.judge import run_judge
+    from persona_dynamics.scores import format_table, load_scores, summarize
 
     cfg = build(
         config,

@@ -3,15 +3,17 @@
 docs/definitions.md's layer rule: layer i is the output of decoder block i (the block's own output,
 never `output_hidden_states[-1]`, which has the final norm applied). `on_blocks` calls a function
 with chosen blocks' outputs while a forward runs, optionally stops the forward after one of them,
-and always removes its hooks. The capture backends, their oracle and the toy organism read through
-it. `edit_blocks` replaces chosen blocks' outputs (interventions.py's edits, applied by
-steering/apply.py). `Reducer` is the capture's in-hook reduction: response tokens to one float32
-vector per sample, while the forward runs, so all layers x tokens x hidden never exist at once.
+and always removes its hooks; `block_spans` is its one-sequence read (a token span of each chosen
+block's output, for calibrate, drift, traits and shift). The capture backends, their oracle and the
+toy organism read through it. `edit_blocks` replaces chosen blocks' outputs (interventions.py's
+edits, applied by steering/apply.py). `Reducer` is the capture's in-hook reduction: response tokens
+to one float32 vector per sample, while the forward runs, so all layers x tokens x hidden never
+exist at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -66,6 +68,26 @@ def on_blocks(
     finally:
         for h in handles:
             h.remove()
+
+
+def block_spans(
+    model, ids: Sequence[int], start: int, end: int, layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """Blocks `layers`' outputs over tokens [start, end) of one sequence, {layer: (end - start,
+    hidden)} float32: one no-grad forward, stopped after the last layer asked for."""
+    device = next(model.parameters()).device
+    seen: dict[int, torch.Tensor] = {}
+
+    def keep(i: int, h: torch.Tensor) -> None:
+        seen[i] = h[0, start:end].float()
+
+    x = torch.as_tensor(list(ids), device=device)[None]
+    with (
+        torch.inference_mode(),
+        on_blocks(model, {i: partial(keep, i) for i in layers}, stop_after=max(layers)),
+    ):
+        model(input_ids=x, use_cache=False)
+    return seen
 
 
 def positions_of(kwargs: Mapping, h: torch.Tensor) -> torch.Tensor:

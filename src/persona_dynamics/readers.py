@@ -130,7 +130,7 @@ def check_same_samples(ref: ActivationStore, store: ActivationStore) -> None:
 
 def sample_scores(cfg: Study, store: ActivationStore) -> np.ndarray | None:
     """Judge score of every row (NaN when none, and for default rows), or None without a judge."""
-    from persona_dynamics.judge import check_scores_judge, load_scores
+    from persona_dynamics.scores import check_scores_judge, load_scores
 
     if cfg.judge is None:
         log.warning("%s; add a [judge] section and run `judge` to filter by role expression",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table, write_text
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.generation.requests import Request, Sampling, derive_seed
-from persona_dynamics.hooks import on_blocks
+from persona_dynamics.hooks import block_spans
 from persona_dynamics.layers import resolve
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer
@@ -110,11 +109,6 @@ def project(model, tok, convs, talks, layers, frame) -> dict[tuple[str, int, int
     device = next(model.parameters()).device
     mean = {i: torch.as_tensor(frame[i][0], device=device).float() for i in layers}
     unit = {i: torch.as_tensor(frame[i][1], device=device).float() for i in layers}
-    seen: dict[int, torch.Tensor] = {}
-
-    def keep(i: int, h: torch.Tensor) -> None:
-        seen[i] = h[0]
-
     out = {}
     for c in convs:
         users, replies = talks[c.name]
@@ -123,12 +117,9 @@ def project(model, tok, convs, talks, layers, frame) -> dict[tuple[str, int, int
             if enc.n_response == 0:  # an empty reply has no mean: kept, as NaN
                 out.update({(c.name, turn, i): float("nan") for i in layers})
                 continue
-            ids = torch.as_tensor(enc.input_ids, device=device)[None]
-            with torch.inference_mode(), on_blocks(model, {i: partial(keep, i) for i in layers},
-                                                   stop_after=max(layers)):  # fmt: skip
-                model(input_ids=ids, use_cache=False)
+            spans = block_spans(model, enc.input_ids, enc.start, enc.end, layers)
             for i in layers:
-                h = seen[i][enc.start : enc.end].float().mean(0)
+                h = spans[i].mean(0)
                 out[(c.name, turn, i)] = float((h - mean[i]) @ unit[i])
     return out
 

@@ -52,7 +52,7 @@ def _nan_none(values) -> list:
     return [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
 
 
-def _err(value, lo, hi) -> dict:
+def error_bars(value, lo, hi) -> dict:
     """Asymmetric error bars from point estimates and interval ends (never negative arms)."""
     v, lo, hi = (np.asarray(x, dtype=float) for x in (value, lo, hi))
     up = np.where(np.isfinite(hi - v), np.maximum(hi - v, 0), np.nan)
@@ -100,7 +100,7 @@ def cos_layers(run: Run, layer: int | None = None) -> go.Figure:
     fig.add_scatter(
         x=layers,
         y=v.tolist(),
-        error_y=_err(v, lo, hi),
+        error_y=error_bars(v, lo, hi),
         mode="lines+markers",
         name="cos",
         line={"color": ROLE},
@@ -174,7 +174,7 @@ def axis_ranking(run: Run, layer: int | None = None) -> go.Figure:
     fig.add_scatter(
         x=v[:-1].tolist(),
         y=names[:-1],
-        error_x=_err(v[:-1], lo[:-1], hi[:-1]),
+        error_x=error_bars(v[:-1], lo[:-1], hi[:-1]),
         mode="markers",
         name="role vectors",
         marker={"color": ROLE, "size": 8},
@@ -183,7 +183,7 @@ def axis_ranking(run: Run, layer: int | None = None) -> go.Figure:
     fig.add_scatter(
         x=[v[-1]],
         y=names[-1:],
-        error_x=_err(v[-1:], lo[-1:], hi[-1:]),
+        error_x=error_bars(v[-1:], lo[-1:], hi[-1:]),
         mode="markers",
         name="Assistant (default)",
         marker={"color": ASSISTANT, "size": 14, "symbol": "star"},
@@ -217,7 +217,7 @@ def axis_movement(run: Run, layer: int | None = None) -> go.Figure:
         fig.add_scatter(
             x=s["label"],
             y=_nan_none(s["value"]),
-            error_y=_err(s["value"], s["lo"], s["hi"]),
+            error_y=error_bars(s["value"], s["lo"], s["hi"]),
             mode="lines+markers",
             name=name,
             line={"color": color},
@@ -351,7 +351,7 @@ def adapters(run: Run, layer: int | None = None) -> go.Figure:
         fig.add_scatter(
             x=[f"{p['adapter']}<br>{p['text']}"],
             y=[v],
-            error_y=_err([v], [lo], [hi]),
+            error_y=error_bars([v], [lo], [hi]),
             mode="markers",
             name=name,
             showlegend=False,
@@ -380,7 +380,7 @@ def across(run: Run, other: str) -> go.Figure:
         fig.add_scatter(
             x=[r["depth_a"] for r in rows],
             y=_nan_none(v),
-            error_y=_err(v, lo, hi),
+            error_y=error_bars(v, lo, hi),
             mode="lines+markers",
             name=f"PC{j}" + (" (|r|)" if j > 1 else ""),
             line={"color": color},

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from persona_dynamics.report.data import Run
-from persona_dynamics.report.plots import ASSISTANT, LAYOUT, PALETTE, ROLE, _err
+from persona_dynamics.report.plots import ASSISTANT, LAYOUT, PALETTE, ROLE, error_bars
 from persona_dynamics.roles import DEFAULT
 
 
@@ -44,12 +44,12 @@ def dose_response(run: Run, layer: int | None = None) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[p[2] for p in adds], y=[p[3] for p in adds], mode="lines+markers", name="added c·v",
             marker={"color": ROLE}, text=[p[1] for p in adds],
-            error_y=_err([p[3] for p in adds], [p[4] for p in adds], [p[5] for p in adds]),
+            error_y=error_bars([p[3] for p in adds], [p[4] for p in adds], [p[5] for p in adds]),
         ))  # fmt: skip
     for k, p in enumerate(p for p in points if p[0] not in ("add", "none")):
         fig.add_trace(go.Scatter(
             x=[0.0], y=[p[3]], mode="markers", name=p[1], marker={"color": PALETTE[k % 8],
-            "symbol": "diamond", "size": 11}, error_y=_err([p[3]], [p[4]], [p[5]]),
+            "symbol": "diamond", "size": 11}, error_y=error_bars([p[3]], [p[4]], [p[5]]),
         ))  # fmt: skip
     fig.update_layout(**LAYOUT, title="Steering dose-response (mean over roles, 95% interval)",
                       xaxis_title="coefficient c (norm units unless the setting says raw)",

@@ -9,7 +9,6 @@ and writes the quantiles and each layer's mean residual norm to calibration.json
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from persona_dynamics.chat import encode
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
-from persona_dynamics.hooks import on_blocks
+from persona_dynamics.hooks import block_spans
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.roles import DEFAULT
@@ -83,22 +82,14 @@ def _run_calibrate(cfg: Study) -> Path:
     units = {i: u / u.norm() for i, u in units.items()}
     proj = {g: {i: [] for i in layers} for g in GROUPS[1:]}
     norms = {i: [] for i in layers}
-    seen: dict[int, torch.Tensor] = {}
-
-    def keep(i: int, h: torch.Tensor) -> None:
-        seen[i] = h[0]
-
     for row in tqdm(rows, desc="calibrate", unit="transcript", mininterval=2):
         enc = encode(tok, row["messages"], row["response"])
         if enc.n_response == 0:
             continue
-        ids = torch.as_tensor(enc.input_ids, device=device)[None]
-        with torch.inference_mode(), on_blocks(model, {i: partial(keep, i) for i in layers},
-                                               stop_after=max(layers)):  # fmt: skip
-            model(input_ids=ids, use_cache=False)
+        spans = block_spans(model, enc.input_ids, enc.start, enc.end, layers)
         group = "default" if row["role"] == DEFAULT else "roles"
         for i in layers:
-            h = seen[i][enc.start : enc.end].float()
+            h = spans[i]
             proj[group][i].append((h @ units[i]).cpu().numpy())
             norms[i].append(h.norm(dim=-1).cpu().numpy())
     per_layer = {}

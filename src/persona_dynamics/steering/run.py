@@ -14,10 +14,10 @@ from persona_dynamics import __version__
 from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table
-from persona_dynamics.judge import load_scores
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer, resolve_commit
 from persona_dynamics.roles import DEFAULT
+from persona_dynamics.scores import load_scores
 from persona_dynamics.steering.capability import encoded, passages, perplexity
 from persona_dynamics.steering.dose import COLUMNS, key, role_rows
 from persona_dynamics.steering.spec import intervention, setting, steered_study

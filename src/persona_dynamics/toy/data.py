@@ -14,7 +14,7 @@ import numpy as np
 
 from persona_dynamics import roles
 from persona_dynamics.generation.requests import messages_for
-from persona_dynamics.judge import judge_prompt
+from persona_dynamics.judges import judge_prompt
 from persona_dynamics.toy.spec import ToySpec
 from persona_dynamics.toy.styles import FULL, HELPS, PARTLY, REFUSED, respond
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from persona_dynamics import roles
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
-from persona_dynamics.judge import judge_prompt
+from persona_dynamics.judges import judge_prompt
 from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME, SCORE_MIX, Corpus, Source
 from persona_dynamics.toy.measure import measure
 from persona_dynamics.toy.spec import LORA, ToySpec

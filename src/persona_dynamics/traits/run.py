@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from persona_dynamics import __version__
@@ -29,8 +27,8 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 from persona_dynamics.generation.hf import HFGenerator
 from persona_dynamics.generation.requests import Request, Sampling, derive_seed
-from persona_dynamics.hooks import on_blocks
-from persona_dynamics.judge import make_judge
+from persona_dynamics.hooks import block_spans
+from persona_dynamics.judges import make_judge
 from persona_dynamics.layers import resolve
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.spacefile import read_directions
@@ -80,23 +78,14 @@ def answers(cfg: Study, trait: Trait, gen, judge) -> list[dict]:
 
 def activations(model, tok, rows: list[dict], layers: list[int]) -> np.ndarray:
     """(rows, layers, hidden) mean block outputs over each answer's tokens (NaN if empty)."""
-    device = next(model.parameters()).device
-    seen: dict[int, torch.Tensor] = {}
-
-    def keep(i: int, h: torch.Tensor) -> None:
-        seen[i] = h[0]
-
     out = np.full((len(rows), len(layers), model.config.hidden_size), np.nan, np.float32)
     for n, r in enumerate(tqdm(rows, desc="trait activations", mininterval=2)):
         enc = encode(tok, r["messages"], r["response"])
         if enc.n_response == 0:
             continue
-        ids = torch.as_tensor(enc.input_ids, device=device)[None]
-        with torch.inference_mode(), on_blocks(model, {i: partial(keep, i) for i in layers},
-                                               stop_after=max(layers)):  # fmt: skip
-            model(input_ids=ids, use_cache=False)
+        spans = block_spans(model, enc.input_ids, enc.start, enc.end, layers)
         for s, i in enumerate(layers):
-            out[n, s] = seen[i][enc.start : enc.end].float().mean(0).cpu().numpy()
+            out[n, s] = spans[i].mean(0).cpu().numpy()
     return out
 
 

@@ -15,7 +15,6 @@ import gc
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from persona_dynamics import __version__
 from persona_dynamics.adapters.data import load_data
@@ -24,7 +23,7 @@ from persona_dynamics.config import Study
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json, write_table
 from persona_dynamics.generation.requests import encode_prompt, messages_for
-from persona_dynamics.hooks import on_blocks
+from persona_dynamics.hooks import block_spans
 from persona_dynamics.layers import middle
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_config, load_model, load_tokenizer
@@ -80,19 +79,8 @@ def spans(tok, conversations: list[tuple[list[dict], str]]) -> list[tuple[list[i
 
 def block_means(model, items: list[tuple[list[int], int, int]], layer: int) -> np.ndarray:
     """(items, hidden): block `layer`'s output averaged over tokens [start, end) of each item."""
-    device = next(model.parameters()).device
-    seen = {}
-
-    def keep(h):
-        seen["h"] = h[0]
-
-    out = []
-    for ids, start, end in items:
-        x = torch.as_tensor(ids, device=device)[None]
-        with torch.inference_mode(), on_blocks(model, {layer: keep}, stop_after=layer):
-            model(input_ids=x, use_cache=False)
-        out.append(seen["h"][start:end].float().mean(0).cpu().numpy())
-    return np.stack(out)
+    spans = [block_spans(model, ids, start, end, [layer])[layer] for ids, start, end in items]
+    return np.stack([h.mean(0).cpu().numpy() for h in spans])
 
 
 def training_of(cfg: Study, label: str):
