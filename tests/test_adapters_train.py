@@ -20,7 +20,7 @@ from persona_dynamics.adapters.train import (
     train_adapter,
 )
 from persona_dynamics.config import Adapters
-from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError
 from persona_dynamics.models import load_model, load_tokenizer
 from persona_dynamics.toy import single_thread
 
@@ -168,6 +168,35 @@ def test_evaluate_answers_the_held_out_items(study, trained):
     assert len(rows) == 3 and all(isinstance(r["response"], str) for r in rows)
     for r in rows:
         assert r["point"] == (likert_point(r["response"], r["scale"]) if r["scale"] else None)
+
+
+def test_ctrl_c_keeps_the_trained_adapters_and_names_the_one_in_training(
+    study, trained, monkeypatch
+):
+    from persona_dynamics.adapters import train
+
+    second = study.adapters.training[0].model_copy(update={"name": "bob"})
+    both = study.model_copy(
+        update={
+            "adapters": study.adapters.model_copy(
+                update={"training": [*study.adapters.training, second]}
+            )
+        }
+    )
+    before = (trained / "adapter_config.json").read_bytes()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", ctrl_c)  # Ctrl-C lands while 'bob' trains
+    out = study.path("adapters")
+    with pytest.raises(Interrupted) as err:
+        run_adapters(both)
+    assert str(err.value) == (
+        f"1 of 2 adapters trained, kept in {out}; 'bob' was in training and starts over"
+    )
+    assert (trained / "adapter_config.json").read_bytes() == before  # 'ada' kept whole
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["ada"]
 
 
 def test_training_errors_are_clear(study):

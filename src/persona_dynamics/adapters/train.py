@@ -20,7 +20,7 @@ from persona_dynamics import __version__
 from persona_dynamics.adapters.data import Example, PersonaData, load_data
 from persona_dynamics.chat import encode
 from persona_dynamics.config import Adapters, AdapterTraining, Checkpoint, Study
-from persona_dynamics.errors import PersonaDynamicsError, require
+from persona_dynamics.errors import Interrupted, PersonaDynamicsError, require
 from persona_dynamics.files import write_text
 from persona_dynamics.lock import hold, lock_file
 from persona_dynamics.models import load_model, load_tokenizer, pick_device
@@ -260,8 +260,19 @@ def adapter_checkpoint(cfg: Study, name: str) -> Checkpoint:
 
 
 def run_adapters(cfg: Study, names: list[str] | None = None) -> Path:
-    """Train every adapter of the config (or the named ones); return the adapters directory."""
-    with hold(lock_file(cfg.path("adapters"), "adapters")):
-        for spec in selected(cfg, names):
-            train_adapter(cfg, spec)
-    return cfg.path("adapters")
+    """Train every adapter of the config (or the named ones); return the adapters directory.
+
+    Ctrl-C keeps the adapters already saved (each is written whole, then renamed into place) and
+    says which one was in training: a re-run trains only what is missing.
+    """
+    specs, out = selected(cfg, names), cfg.path("adapters")
+    with hold(lock_file(out, "adapters")):
+        for k, spec in enumerate(specs):
+            try:
+                train_adapter(cfg, spec)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"{k} of {len(specs)} adapters trained, kept in {out}; "
+                    f"'{spec.name}' was in training and starts over"
+                ) from None
+    return out
