@@ -79,6 +79,18 @@ def _layer_spec(value: list[int] | str) -> list[int] | str:
 LayerSpec = Annotated[list[int] | str, AfterValidator(_layer_spec)]
 
 
+# vllm.LLM keywords the study already sets: a [generation.vllm] table may not give them again.
+VLLM_OWNED = {
+    "model": "the checkpoint's model",
+    "revision": "the checkpoint's revision",
+    "tokenizer_revision": "the checkpoint's revision",
+    "dtype": "generation.dtype",
+    "seed": "generation.seed",
+    "tensor_parallel_size": "generation.tensor_parallel_size",
+    "max_model_len": "generation.max_model_len",
+}
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
@@ -154,6 +166,9 @@ class Generation(Section):
     batch_tokens: int = Field(default=16384, gt=0, description="hf: prompt+new tokens per batch")
     tensor_parallel_size: int = Field(default=1, ge=1)
     max_model_len: int | None = Field(default=None, gt=0)
+    vllm: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: more vllm.LLM(...) keywords, as given"
+    )
     base_urls: list[str] = Field(default_factory=list, description="openai: server replicas")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the key")
     max_in_flight: int = Field(default=32, ge=1)
@@ -163,6 +178,14 @@ class Generation(Section):
     )
     resume: bool = Field(default=True, description="skip keys already written; false refuses")
     shard: ShardField = Field(default=None, description="'I/N': this worker's share, I from 0")
+
+    @field_validator("vllm")
+    @classmethod
+    def _vllm(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in VLLM_OWNED:
+                raise ValueError(f"'{key}' is set by {VLLM_OWNED[key]}, not here")
+        return v
 
 
 class Judge(Section):
