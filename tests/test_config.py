@@ -58,6 +58,10 @@ def test_dump_round_trips(tmp_path):
             "\n[generation]\nmax_tokens = 0\n",
             "generation.max_tokens: Input should be greater than 0",
         ),
+        (
+            "\n[generation.vllm]\ndtype = 'half'\n",
+            "generation.vllm: Value error, 'dtype' is set by generation.dtype, not here",
+        ),
         ("\n[capture]\nlayers = 'first'\n", "capture.layers"),
         (
             "\n[capture]\naggregation = 'median'\n",

