@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -91,6 +92,22 @@ def test_unreachable_server_is_one_clear_error(tmp_path):
     with pytest.raises(PersonaDynamicsError, match=f"cannot reach {url}.*server running"):
         run_generate(study(tmp_path, [url]))
     assert time.perf_counter() - start < 10  # no stack of retries
+
+
+def test_a_server_dying_mid_run_is_named_as_stopped(tmp_path):
+    server = ChatServer()
+
+    def reply(body: dict) -> str:
+        """Answer, and stop the whole server at the fifth request."""
+        if len(server.requests) == 5:
+            threading.Thread(target=server.stop).start()
+        return echo(body)
+
+    server.reply = reply
+    with server, pytest.raises(PersonaDynamicsError) as info:
+        run_generate(study(tmp_path, [server.url], max_in_flight=1, max_retries=1))
+    assert f"{server.url} stopped answering mid-run: connection lost" in str(info.value)
+    assert len(info.value.args[0].splitlines()) == 1
 
 
 def test_wrong_key_names_the_variable(tmp_path, monkeypatch):

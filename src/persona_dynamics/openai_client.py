@@ -105,6 +105,7 @@ class ChatClient:
         self.model, self.api_key, self.key_env = model, api_key, key_env
         self.max_in_flight, self.timeout_s, self.max_retries = max_in_flight, timeout_s, max_retries
         self.setting = setting  # the config key to raise when replies are slow, not lost
+        self.answered: set[str] = set()  # URLs that answered once: a lost connection is a death
 
     def _client(self, url: str, retries: int, timeout: float):
         import openai
@@ -139,6 +140,11 @@ class ChatClient:
             )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
+            if url in self.answered:
+                return (
+                    f"{url} stopped answering mid-run: connection lost after {n + 1} "
+                    f"attempt(s) ({cause}); did the server stop or crash?"
+                )
             return f"cannot reach {url} ({cause}); is the server running at that address?"
         if isinstance(exc, openai.APIStatusError):
             return f"{url}: server answered {exc.status_code} ({exc.message})"
@@ -158,8 +164,10 @@ class ChatClient:
             client = self._client(url, retries=0, timeout=wait)
             try:
                 page = await client.models.list()
+                self.answered.add(url)
                 return [{"base_url": url, **m.model_dump(exclude_none=True)} for m in page.data]
             except openai.NotFoundError:
+                self.answered.add(url)
                 log.info("%s has no /models endpoint; serving model not recorded", url)
                 return []
             except openai.APIError as exc:
@@ -197,6 +205,7 @@ class ChatClient:
                 reply, last = None, exc.message
             except openai.APIError as exc:
                 raise PersonaDynamicsError(self.explain(exc, url)) from None
+            self.answered.add(url)
             if reply is not None:
                 return reply
             log.debug("%s: malformed reply (%s); asking again", url, last)

@@ -60,7 +60,8 @@ class ChatServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
+        """Stop serving (again: nothing); every open connection closes with the loop."""
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
 
