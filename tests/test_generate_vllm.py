@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -24,7 +32,7 @@ from persona_dynamics.generation.requests import (
 )
 from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, vllm_inputs
 from persona_dynamics.models import load_tokenizer
-from persona_dynamics.transcripts import read_transcripts, selection
+from persona_dynamics.transcripts import read_transcripts, selection, transcripts_dir
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 REAL = pytest.mark.skipif(
@@ -191,3 +199,102 @@ def test_seeded_sampling_past_one_prefill_chunk_reruns_identically(toy_family, t
         gen.close()
     assert len(first) == 2 * len(prompts) and again == first
     assert len(set(first.values())) > len(prompts)  # sampled, not greedy: rollouts differ
+
+
+# --- the served path: a real vLLM OpenAI-compatible server, the openai backend -------------------
+
+
+def serve_command(model: str, port: int) -> list[str]:
+    """The README's command serving a checkpoint with vLLM on CPU (its `vllm` script is broken)."""
+    return [
+        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model),
+        *("--dtype", "float32", "--no-enable-chunked-prefill"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(toy_family, tmp_path_factory):
+    """A vLLM server on the toy's instruct checkpoint (its own process group); its base URL."""
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            serve_command(str(toy_family.checkpoints["instruct"]), port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_up(server, url, log)
+        yield server, url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def free_port() -> int:
+    """A port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(server: subprocess.Popen, url: str, log) -> None:
+    """Wait (at most 5 minutes: start-up compiles the model) until the server lists models."""
+    deadline = time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None, f"vllm server exited:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, "vllm server did not come up in 300 s"
+            time.sleep(1)
+
+
+@REAL
+@pytest.mark.slow
+def test_served_vllm_matches_hf_and_counts_tokens_alike(vllm_server, greedy, tmp_path, toy_family):
+    _, url = vllm_server
+    cfg = toy_study(
+        toy_family, tmp_path, "served", backend="openai", base_urls=[url], max_in_flight=8
+    )
+    cfg.generation.temperature, cfg.generation.max_tokens = 0.0, 48
+    served, hf = rows_by_key(run_generate(cfg)), rows_by_key(greedy["hf"])
+    assert served.keys() == hf.keys()
+    same = [k for k in hf if served[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
+    for k in same:
+        assert served[k]["n_tokens"] == hf[k]["n_tokens"], k
+
+
+@REAL
+@pytest.mark.slow
+def test_served_vllm_killed_mid_run_is_named(vllm_server, tmp_path, toy_family):
+    server, url = vllm_server
+    cfg = toy_study(toy_family, tmp_path, "killed", backend="openai", base_urls=[url])
+    cfg.generation.max_in_flight, cfg.generation.max_retries = 2, 1
+    out = transcripts_dir(cfg)
+
+    def kill_after_first_write() -> None:
+        """SIGKILL the server (and its engine) once the first rows are on disk."""
+        deadline = time.time() + 120
+        while not any(p.stat().st_size for p in out.glob("*.jsonl")) and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_write)
+    killer.start()
+    try:
+        with pytest.raises(PersonaDynamicsError) as info:
+            run_generate(cfg)
+    finally:
+        killer.join()
+    message = str(info.value)
+    assert f"{url} stopped answering mid-run" in message and len(message.splitlines()) == 1
+    assert 0 < len(read_transcripts(out)) < 102  # what was written before the kill stays
