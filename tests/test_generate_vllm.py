@@ -112,6 +112,23 @@ def test_response_tokens_leave_out_the_eos():
     assert response_tokens(0, "stop") == 0
 
 
+@REAL
+@pytest.mark.slow
+def test_llm_keywords_are_vllms_own():
+    import vllm
+
+    from persona_dynamics.generation.vllm import llm_keywords
+
+    known = llm_keywords(vllm)
+    assert {
+        "enable_chunked_prefill",
+        "max_num_seqs",
+        "enforce_eager",
+        "gpu_memory_utilization",
+    } <= known
+    assert "max_num_seq" not in known
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 def test_missing_vllm_names_the_extra(tiny_model_dir):
     with pytest.raises(PersonaDynamicsError, match=r"pip install 'persona-dynamics\[vllm\]'"):
@@ -185,10 +202,13 @@ def test_manifest_records_the_engine_args(greedy):
 @REAL
 @pytest.mark.slow
 def test_seeded_sampling_past_one_prefill_chunk_reruns_identically(toy_family, tmp_path):
-    cfg = toy_study(toy_family, tmp_path, "seeded", backend="vllm", num_rollouts=2)
+    table = {"enforce_eager": True}  # a [generation.vllm] keyword, through to the engine
+    cfg = toy_study(toy_family, tmp_path, "seeded", backend="vllm", num_rollouts=2, vllm=table)
     roles, questions = selection(cfg)
     reqs = build_requests(roles, questions, display_name(cfg), 2, seed=0)
     gen = VLLMGenerator(cfg.generating_checkpoint(), cfg.generation)
+    assert gen.info()["engine_args"]["enforce_eager"] is True
+    assert gen.llm.llm_engine.vllm_config.model_config.enforce_eager is True
     sampling = Sampling(temperature=0.7, top_p=0.9, max_tokens=64)
     try:
         prompts = vllm_inputs(gen.tokenizer, reqs, sampling)
