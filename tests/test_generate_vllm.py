@@ -318,3 +318,24 @@ def test_served_vllm_killed_mid_run_is_named(vllm_server, tmp_path, toy_family):
     message = str(info.value)
     assert f"{url} stopped answering mid-run" in message and len(message.splitlines()) == 1
     assert 0 < len(read_transcripts(out)) < 102  # what was written before the kill stays
+
+
+@REAL
+@pytest.mark.slow
+def test_an_engine_that_died_is_one_line_naming_the_checkpoint(toy_family, tmp_path):
+    import psutil
+
+    cfg = toy_study(toy_family, tmp_path, "dead", backend="vllm", vllm={"enforce_eager": True})
+    roles, questions = selection(cfg)
+    reqs = build_requests(roles, questions, display_name(cfg), 1, seed=0)
+    gen = VLLMGenerator(cfg.generating_checkpoint(), cfg.generation)
+    try:
+        (core,) = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+        core.kill()
+        core.wait(30)
+        with pytest.raises(PersonaDynamicsError) as info:
+            list(gen.generate(reqs, Sampling(max_tokens=8)))
+    finally:
+        gen.close()
+    assert str(info.value).startswith("checkpoint 'instruct': the vllm engine died mid-run (")
+    assert len(str(info.value).splitlines()) == 1

@@ -142,13 +142,25 @@ class VLLMGenerator:
             chunk = requests[start : start + CHUNK]
             inputs = vllm_inputs(self.tokenizer, chunk, sampling)
             params = [self.vllm.SamplingParams(**p) for _, p in inputs]
-            outs = self.llm.generate([p for p, _ in inputs], params, use_tqdm=False)
+            outs = self._generate([p for p, _ in inputs], params)
             yield [
                 to_result(req, c)
                 for req, out in zip(chunk, outs, strict=True)
                 for c in out.outputs
                 if c.index in req.todo
             ]
+
+    def _generate(self, prompts: list[dict], params: list) -> list:
+        """`LLM.generate`; an engine that died is one line naming the checkpoint."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except EngineDeadError as exc:
+            raise PersonaDynamicsError(
+                f"checkpoint '{self.ckpt.label}': the vllm engine died mid-run ({exc}); "
+                "the rows already written stay"
+            ) from exc
 
     def close(self) -> None:
         """Stop the engine's processes now, not at garbage collection (LLM has no public stop)."""
