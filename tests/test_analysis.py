@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from persona_dynamics.analysis import run_analyze, run_compare
+from persona_dynamics.analysis import _paper_row, run_analyze, run_compare
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.readers import layer_sums
 from persona_dynamics.space import make_groups
@@ -113,6 +113,21 @@ def test_analyze_space_and_summary(tmp_path, data):
     assert paper["PCs for 70% of variance"]["value"] == lead["n_pcs_target"]["value"]
     cos = [summary["per_layer"][str(x)]["cos_pc1_axis"]["value"] for x in LAYERS]
     assert paper["min over layers of cos(PC1, axis)"]["value"] == pytest.approx(min(cos))
+    assert paper["cos(PC1, Assistant Axis)"]["agrees"] is True  # planted 0.8 > 0.71
+    assert (
+        paper["role vectors kept"]["bound"] is None and paper["role vectors kept"]["agrees"] is None
+    )
+    for row in paper.values():
+        if row["bound"]:
+            lo, hi = row["bound"]
+            assert row["agrees"] == (lo <= row["value"] <= hi), row
+
+
+def test_paper_rows_disagree_outside_the_bound_and_abstain_on_nan():
+    assert _paper_row("cos", 2, np.array([0.5, 0.4, 0.6]), "cos_pc1_axis")["agrees"] is False
+    assert _paper_row("cos", 2, np.array([0.75, 0.7, 0.8]), "cos_pc1_axis")["agrees"] is True
+    assert _paper_row("cos", 2, np.array([np.nan, 0.7, 0.8]), "cos_pc1_axis")["agrees"] is None
+    assert _paper_row("pc1", 2, np.array([-0.04, 0, 0]), "extreme_distance_pc1")["agrees"] is True
 
 
 def test_compare_recovers_planted_stage_shifts(tmp_path, data):

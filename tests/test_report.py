@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from plotly.offline import get_plotlyjs
 from persona_dynamics.config import dump
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.report import data, plots, run_report, write_report
+from persona_dynamics.report.html import figures_of, render
 
 from helpers.planted_run import ADAPTER, ADAPTER_ROLE, SHIFT, build
 
@@ -103,8 +106,12 @@ def test_figures_carry_the_data(planted_run):
     np.testing.assert_allclose(by["separation"].y, data.series(run, 2, "separation")["value"])
     assert all(a >= 0 for a in by["separation"].error_y.array)
     pc = plots.roles_pc(run, 2, roles=["role00", "role01"])
-    assert {n for t in pc.data for n in t.text} == {"role00@3", "role00@2", "role01@3",
-                                                    "role01@2", "Assistant"}  # fmt: skip
+    assert {n for t in pc.data[:-1] for n in t.customdata} == {"role00@3", "role00@2",
+                                                                "role01@3", "role01@2"}  # fmt: skip
+    full = plots.roles_pc(run, 2)  # the roles at each end of PC1 are named, the rest hover only
+    points = sorted((x, n) for t in full.data[:-1] for x, n in zip(t.x, t.customdata, strict=True))
+    ends = {n for _, n in points[: plots.EXTREMES] + points[-plots.EXTREMES :]}
+    assert {n for t in full.data[:-1] for n in t.text if n} == ends
     star = pc.data[-1]
     assert star.marker.symbol == "star" and star.x[0] == run.spaces[2].default_projection[0]
     rank = plots.axis_ranking(run, 0)
@@ -113,6 +120,17 @@ def test_figures_carry_the_data(planted_run):
     )
     cos = plots.cos_layers(run)
     assert list(cos.data[0].x) == [0, 2, 3]
+
+
+def test_trajectory_names_do_not_overlap():
+    """Ends crowded together: the default and the extremes are named, no two names too close."""
+    ends = {"default": 0.5, **{f"r{i}": (i / 99) ** 2 for i in range(100)}, "gone": float("nan")}
+    named = plots.spread_labels(ends)
+    assert {"default", "r0", "r99"} <= named and "gone" not in named
+    values = sorted(ends[n] for n in named)
+    assert min(np.diff(values)) >= plots.LABEL_GAP
+    assert len(named) >= 1 / plots.LABEL_GAP / 2  # the spread is used, not just the ends
+    assert plots.spread_labels({"default": 1.0, "a": 1.0}) == {"default"}
 
 
 def test_png_writer(planted_run, tmp_path):
@@ -146,6 +164,27 @@ def test_report_html_and_pngs(planted_run, tmp_path):
     prov = text[text.index('id="table-provenance"') :]
     for item in ("bootstrap replicates B</td><td>20", "seed</td><td>0", "0.1.0", "toy"):
         assert item in prov, item
+
+
+def test_a_toy_run_says_so_and_what_was_planted(planted_run, tmp_path):
+    _, run = planted_run
+    figures = figures_of(run, 2)
+    assert run.toy is None and 'id="toy"' not in render(run, 2, figures)
+    model = tmp_path / "toy" / "instruct"
+    model.mkdir(parents=True)
+    (model.parent / "toy.json").write_text('{"version": "3", "plant": {}}')
+    with pytest.raises(PersonaDynamicsError, match=r"toy\.json.*geometry, expected_effect"):
+        data.toy_truth(str(model))
+    truth = {"version": "3", "plant": {}, "expected_effect": {"dpo": 0.2, "instruct": 0.65},
+             "geometry": {"order": list("abcdefg"), "default_position_pc1": 0.9348}}  # fmt: skip
+    (model.parent / "toy.json").write_text(json.dumps(truth))
+    assert data.toy_truth(str(model)) == truth and data.toy_truth("allenai/OLMo-2") is None
+    text = render(dataclasses.replace(run, toy=truth), 2, figures)
+    note = text[text.index('id="toy"') :]
+    note = note[: note.index("</div>")]
+    for part in ("recipe v3", "nearest a, b, c", "farthest e, f, g", "0.93", "instruct 0.65"):
+        assert part in note, part
+    assert text.index('id="toy"') < text.index('id="table-stages"')  # on top
 
 
 def test_unscored_run_without_adapters_says_so(tmp_path):

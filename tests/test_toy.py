@@ -1,6 +1,7 @@
 """The toy organism: checkpoints load through the project's loader, sampled answers carry the role's
-style, roles are separable in activations, the planted stage order is in the raw activations, the
-toy judge agrees with the planted scores, and a seed gives the same weights bit for bit.
+style, roles are separable in activations, the planted stage order and persona geometry are in the
+raw activations, the toy judge agrees with the planted scores, and a seed gives the same weights
+bit for bit.
 
 Activations here are read with a plain forward hook, one conversation at a time (no padding), an
 independent path from the build's own batched measurement.
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from persona_dynamics import chat, toy
 from persona_dynamics.config import Checkpoint
@@ -24,6 +26,7 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation.requests import messages_for
 from persona_dynamics.judges import parse_score
 from persona_dynamics.models import load_model, load_tokenizer
+from persona_dynamics.space import PersonaSpace
 
 SAMPLED_ROLES = ["pirate", "cat", "robot_butler", "cowboy", "oracle", "default"]
 
@@ -164,8 +167,44 @@ def test_planted_stage_order_is_in_the_raw_activations(toy_family, tok, src):
     for stage, planted in truth["expected_effect"].items():
         closed = (p_roles[stage] - p_roles["sft"]) / gap
         assert closed == pytest.approx(planted, abs=0.08), stage
-        assert closed == pytest.approx(truth["measured"][stage]["closed"], abs=0.05), stage
+        assert closed == pytest.approx(truth["measured"]["axis"][stage]["closed"], abs=0.05), stage
         assert abs(p_default[stage] - p_default["sft"]) < 0.2 * gap, stage  # seen: < 0.12
+
+
+@pytest.mark.slow
+def test_planted_geometry_in_the_raw_activations(toy_family, tok, src):
+    """On fresh held-out text, instruct's persona space has the geometry toy.json says was planted
+    (the paper's): PC1 is the Assistant Axis at every planted layer, the roles lie along it in the
+    planted order, the default sits at its planted place at PC1's end and inside PCs 2-10."""
+    truth = toy_family.truth
+    plan, claims = truth["geometry"], truth["geometry"]["claims"]
+    assert set(plan["order"]) == set(toy.DEMO_ROLES) and len(plan["order"]) == len(toy.DEMO_ROLES)
+    assert plan["layers"] == list(range(1, truth["spec"]["layers"]))
+    examples = src.fixed(10, np.random.default_rng(13))
+    who = np.array([e.role for e in examples])
+    names = [r for r in dict.fromkeys(who) if r != "default"]
+    for label in ("base", "instruct"):
+        net = model(toy_family, label)
+        for layer in plan["layers"]:
+            x = response_means(net, tok, examples, layer)
+            vectors = np.stack([x[who == r].mean(0) for r in names])
+            space = PersonaSpace().fit(vectors, x[who == "default"].mean(0), np.ones(len(names)))
+            cos = space.cos_pc1_axis_
+            if label == "base":  # the same structure, weaker; unplanted
+                assert cos > claims["base_cos_pc1_axis_above"], (layer, cos)
+                continue
+            assert cos >= claims["cos_pc1_axis_every_layer"], (layer, cos)
+            rho = spearmanr(space.projections_[:, 0], [plan["likeness"][r] for r in names])[0]
+            assert rho >= claims["spearman_pc1_likeness"], (layer, rho)
+            if layer != truth["layer"]:
+                continue
+            pos = space.default_position_
+            assert cos >= claims["cos_pc1_axis_lead"], cos
+            assert abs(pos[0] - plan["default_position_pc1"]) <= claims["position_tolerance"], pos
+            lo, hi = claims["position_pc2_10"]
+            assert np.all((pos[1:10] >= lo) & (pos[1:10] <= hi)), pos
+            lo, hi = claims["n_pcs_70"]
+            assert lo <= space.n_target_ <= hi, space.explained_variance_ratio_
 
 
 def test_toy_judge_agrees_with_planted_scores(toy_family, src):

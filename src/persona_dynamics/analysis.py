@@ -128,13 +128,16 @@ def _analyze(cfg: Study) -> Path:
     return path
 
 
+# The paper's figure per statistic, and the range a run's value must fall in to agree with the
+# finding it stands for (None: a scale, not a finding): few PCs (a 25-role toy may need 3), PC1
+# the axis, the Assistant at one end of PC1 and inside the role range on PCs 2-10.
 PAPER = {
-    "n_vectors": "377 to 463 role vectors (275 roles)",
-    "n_pcs_target": "4 to 19 PCs explain 70% of the variance",
-    "cos_pc1_axis": "> 0.71 at the middle layer",
-    "min_cos_pc1_axis": "> 0.60 at every layer",
-    "extreme_distance_pc1": "0.03 from an extreme on PC1",
-    "extreme_distance_pc2_10": "0.27 to 0.50 on PCs 2-10",
+    "n_vectors": ("377 to 463 role vectors (275 roles)", None),
+    "n_pcs_target": ("4 to 19 PCs explain 70% of the variance", (3, 20)),
+    "cos_pc1_axis": ("> 0.71 at the middle layer", (0.71, 1.0)),
+    "min_cos_pc1_axis": ("> 0.60 at every layer", (0.60, 1.0)),
+    "extreme_distance_pc1": ("0.03 from an extreme on PC1", (-0.05, 0.05)),
+    "extreme_distance_pc2_10": ("0.27 to 0.50 on PCs 2-10", (0.15, 0.5)),
 }
 
 
@@ -205,7 +208,12 @@ def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
 
 
 def _paper_row(statistic: str, layer: int | None, values: np.ndarray, key: str) -> dict:
-    return {"statistic": statistic, "layer": layer, **_interval(values), "paper": PAPER[key]}
+    """The statistic beside the paper's figure; `agrees` when its point value is in `bound`."""
+    paper, bound = PAPER[key]
+    row = {"statistic": statistic, "layer": layer, **_interval(values), "paper": paper}
+    value = float(row["value"])
+    agrees = None if bound is None or not np.isfinite(value) else bound[0] <= value <= bound[1]
+    return row | {"bound": None if bound is None else list(bound), "agrees": agrees}
 
 
 def _interval(values: np.ndarray) -> dict:

@@ -76,6 +76,7 @@ class Run:
     drift: list[dict] = field(default_factory=list)  # drift/<run>/turns.csv rows
     slopes: list[dict] = field(default_factory=list)  # drift/<run>/slopes.csv rows
     traits: dict = field(default_factory=dict)  # traits/<run>/summary.json "traits"
+    toy: dict | None = None  # toy.json, when the run's model is a toy-organism checkpoint
 
     @property
     def layers(self) -> list[int]:
@@ -119,6 +120,7 @@ def load_run(path: str | Path, adapters: dict[str, str] | None = None) -> Run:
     summary = _json(path / "summary.json", SUMMARY)
     meta, spaces = _spaces(path / "space.h5")
     run = Run(dir=path, meta=meta, summary=summary, spaces=spaces, adapters=dict(adapters or {}))
+    run.toy = toy_truth(summary.get("model"))
     if (path / "dynamics.json").is_file():
         run.dynamics = _json(path / "dynamics.json", ("labels",))
         run.vectors = read_rows(path / "dynamics.csv")
@@ -149,6 +151,14 @@ def run_of(cfg: Study) -> Run:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
+
+def toy_truth(model: str | None) -> dict | None:
+    """The planted truth of a toy-organism build, if `model` is one of its checkpoints."""
+    path = Path(model).parent / "toy.json" if model else None
+    if path is None or not path.is_file():
+        return None
+    return _json(path, ("plant", "geometry", "expected_effect"), "toy build")
 
 
 def _json(path: Path, keys: tuple[str, ...], stage: str = "analyze") -> dict:

@@ -35,6 +35,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.55em; text-align: left; vertic
 th { background: #f3f3f3; } tr.paper td { background: #fbf7e9; font-style: italic; }
 tr.reference td:first-child { font-weight: bold; }
 .warning { background: #fdecea; border: 2px solid #d62728; padding: 0.8em 1em; font-weight: bold; }
+.toy { background: #eef4fb; border: 2px solid #1f77b4; padding: 0.8em 1em; }
 .note { color: #555; font-size: 0.92em; } .plot { margin: 1em 0; }
 """
 
@@ -116,6 +117,8 @@ def render(run: Run, layer: int, figures: dict) -> str:
         f"reference checkpoint <b>{_e(run.reference)}</b>, layer {layer} "
         f"(lead layer {run.lead})</p>",
     ]
+    if run.toy:
+        body.append(toy_note(run.toy))
     if not run.scored:
         body.append(
             '<div class="warning" id="unscored">Unscored analysis: '
@@ -135,6 +138,22 @@ def render(run: Run, layer: int, figures: dict) -> str:
         f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
         + "\n".join(body)
         + "\n</body></html>\n"
+    )
+
+
+def toy_note(truth: dict) -> str:
+    """Says plainly that the run is on the toy organism, and what its build planted."""
+    order, fractions = truth["geometry"]["order"], truth["expected_effect"]
+    closes = ", ".join(f"{_e(s)} {f:.2f}" for s, f in fractions.items())
+    return (
+        '<div class="toy" id="toy"><b>Toy organism.</b> This run\'s model is a toy checkpoint '
+        f"(recipe v{_e(truth.get('version'))}) whose structure was planted by training, "
+        "recorded in toy.json: the roles lie along the role-to-Assistant direction by planted "
+        f"likeness (nearest {_e(', '.join(order[:3]))}; farthest {_e(', '.join(order[-3:]))}), "
+        f"the default Assistant at {truth['geometry']['default_position_pc1']:.2f} of PC1's "
+        f"role range, and each later stage closes a planted share of the role-to-Assistant gap "
+        f"({closes}). Agreement with the paper here shows the suite recovers planted structure; "
+        "it is not a finding about language models.</div>"
     )
 
 
@@ -197,6 +216,8 @@ def _stages(run: Run, layer: int, figures: dict) -> list[str]:
     return out
 
 
+AGREES = {True: "yes", False: "no", None: "—"}
+
 STAGE_COLUMNS = {  # stage_table key -> (header, the paper's figure)
     "n_pcs": ("PCs for 70% variance", "4 to 19"),
     "cos_pc1_axis": ("cos(PC1, axis)", "&gt; 0.71 middle layer, &gt; 0.60 all"),
@@ -234,12 +255,17 @@ def stage_tables(run: Run, layer: int) -> str:
         )
     out[-1] += "</p>"
     paper = [
-        [_e(p["statistic"]), _num(p["layer"]), _ci((p["value"], p["lo"], p["hi"])), _e(p["paper"])]
+        [_e(p["statistic"]), _num(p["layer"]), _ci((p["value"], p["lo"], p["hi"])), _e(p["paper"]),
+         AGREES[p.get("agrees")]]
         for p in run.summary.get("paper", [])
-    ]
+    ]  # fmt: skip
+    head = ["statistic", "layer", "this run", "the paper", "agrees"]
     out += [
         f"<h3>Reference space beside the paper ({_e(run.reference)}, lead layer {run.lead})</h3>",
-        _table("table-paper", ["statistic", "layer", "this run", "the paper"], paper),
+        _table("table-paper", head, paper),
+        '<p class="note">"agrees": the point value lies in the range that stands for the '
+        "paper's finding (PCs 3-20; cos &gt; 0.71 and &gt; 0.60; within 0.05 of PC1's end; "
+        "0.15-0.50 from the ends on PCs 2-10).</p>",
     ]
     return "\n".join(out)
 

@@ -27,7 +27,8 @@ SOMEWHAT = "#8fbce6"
 REFERENCE = "#7f7f7f"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 RANKED = 60  # past this many vectors, the ranking shows only both ends
-NAMED = 30  # up to this many trajectories, each line is named at its end
+LABEL_GAP = 0.045  # trajectory names at least this share of the y range apart (9 pt at 520 px)
+EXTREMES = 3  # roles named at each end of PC1 on the roles plot
 BELOW = {"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.22, "yanchor": "top"}
 LAYOUT = {
     "template": "plotly_white",
@@ -122,7 +123,8 @@ def cos_layers(run: Run, layer: int | None = None) -> go.Figure:
 
 
 def roles_pc(run: Run, layer: int | None = None, roles: list[str] | None = None) -> go.Figure:
-    """Role vectors on PC1-PC2 of the reference space; the default Assistant marked."""
+    """Role vectors on PC1-PC2 of the reference space; the default Assistant and the roles at
+    each end of PC1 named."""
     layer = _layer(run, layer)
     sp = run.spaces[layer]
     fig = _fig(f"Roles on PC1-PC2 (layer {layer}, reference '{run.reference}')", height=560)
@@ -131,14 +133,19 @@ def roles_pc(run: Run, layer: int | None = None, roles: list[str] | None = None)
     for i, (role, cat) in enumerate(zip(sp.roles, sp.categories, strict=True)):
         if roles is None or role in roles:
             groups.setdefault(int(cat), []).append(i)
+    shown = sorted((i for idx in groups.values() for i in idx), key=lambda i: sp.projections[i, 0])
+    ends = set(shown[:EXTREMES] + shown[-EXTREMES:])
     for cat, idx in sorted(groups.items(), reverse=True):
         fig.add_scatter(
             x=sp.projections[idx, 0].tolist(),
             y=sp.projections[idx, 1].tolist() if sp.projections.shape[1] > 1 else [0] * len(idx),
-            mode="markers",
+            mode="markers+text",
             name="roles" if cat == -1 else f"roles, judge score {cat}",
-            text=[sp.names[i] for i in idx],
-            hovertemplate="%{text}<br>PC1 %{x:.3g}<br>PC2 %{y:.3g}<extra></extra>",
+            text=[sp.names[i] if i in ends else "" for i in idx],
+            customdata=[sp.names[i] for i in idx],
+            textposition="bottom center",
+            textfont={"size": 10},
+            hovertemplate="%{customdata}<br>PC1 %{x:.3g}<br>PC2 %{y:.3g}<extra></extra>",
             marker={"color": ROLE if cat in (axis_cat, -1) else SOMEWHAT, "size": 8},
         )
     d = sp.default_projection
@@ -231,6 +238,25 @@ def axis_movement(run: Run, layer: int | None = None) -> go.Figure:
     return fig
 
 
+def spread_labels(ends: dict[str, float], span: float | None = None) -> set[str]:
+    """Which lines to name at their ends so no two names overlap: the default always, then roles
+    from the most extreme inward, each kept if `LABEL_GAP` of the plotted range `span` (default:
+    the ends' range) from every name kept so far."""
+    finite = {n: v for n, v in ends.items() if v is not None and np.isfinite(v)}
+    if not finite:
+        return set()
+    values = np.array(list(finite.values()))
+    span = span or float(values.max() - values.min()) or 1.0
+    middle = float(np.median(values))
+    keep = [n for n in finite if n == DEFAULT]
+    for name in sorted(finite, key=lambda n: -abs(finite[n] - middle)):
+        if name not in keep and all(
+            abs(finite[name] - finite[k]) >= LABEL_GAP * span for k in keep
+        ):
+            keep.append(name)
+    return set(keep)
+
+
 def role_trajectories(
     run: Run, layer: int | None = None, roles: list[str] | None = None
 ) -> go.Figure:
@@ -250,7 +276,11 @@ def role_trajectories(
         margin=LAYOUT["margin"] | {"r": 110},
     )
     tracks = data.trajectories(run, layer, roles)
-    named = len(tracks) <= NAMED
+    named = {}
+    for key in ("axis", "z"):
+        shown = [v for t in tracks.values() for v in t[key] if v is not None and np.isfinite(v)]
+        span = float(max(shown) - min(shown)) if shown else None
+        named[key] = spread_labels({n: t[key][-1] for n, t in tracks.items()}, span)
     for i, (name, t) in enumerate(sorted(tracks.items(), key=lambda kv: kv[0] == DEFAULT)):
         default = name == DEFAULT
         style = {
@@ -258,16 +288,15 @@ def role_trajectories(
             "width": 4 if default else 1.2,
         }
         tag = "Assistant" if default else t["role"]
-        text = [""] * (len(t["label"]) - 1) + [tag] if named else None
         for col, key in ((1, "axis"), (2, "z")):
             fig.add_scatter(
                 x=t["label"],
                 y=_nan_none(t[key]),
-                mode="lines+markers" + ("+text" if named else ""),
+                mode="lines+markers+text",
                 name=name,
                 line=style,
                 marker={"size": 8 if default else 4},
-                text=text,
+                text=[""] * (len(t["label"]) - 1) + [tag if name in named[key] else ""],
                 textposition="middle right",
                 textfont={"size": 9, "color": style["color"]},
                 hovertemplate=f"{name}: %{{y:.3g}}<extra></extra>",

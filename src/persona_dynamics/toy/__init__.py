@@ -1,28 +1,37 @@
 """The toy organism: tiny OLMo-2 checkpoints built locally, with planted persona dynamics.
 
-No hub is needed. `build` trains, on one CPU core in under two minutes:
+No hub is needed. `build` trains, on one CPU core in about two and a half minutes:
 - a byte-level BPE tokenizer with OLMo-2 Instruct's special tokens and chat template;
 - `base`: an Olmo2ForCausalLM briefly LM-trained on plain text (no chat, no role-play; saved,
   like the real base checkpoints, without a chat template);
 - `sft`: role-play on synthetic conversations (system prompt = one of a role's instructions,
   user = a shared question, response = text in that role's style: catchphrase, sign-off and
-  vocabulary), and the default Assistant answering in an assistant style;
-- `dpo`, `rlvr-1..N`, `instruct`: the same data, plus the planted dynamics below;
+  vocabulary), and the default Assistant answering in an assistant style; then a short geometry
+  phase (below);
+- `dpo`, `rlvr-1..N`, `instruct`: the same data, plus the planted stage dynamics below;
 - `judge`: the SFT checkpoint fine-tuned to answer the judge module's prompt with one digit 0-3
   (the planted score of a synthetic response: fully in role, partly, can't-but-helps, refused).
 
+Planted geometry (`geometry`). After SFT, an auxiliary loss at every block output from the second
+on moves each role-play response's mean along g, the direction from the fully-in-role centroid to
+the default Assistant, to an offset set by its role's planted assistant-likeness (tutor nearest,
+pirate farthest), shrinks each role's spread across g, and pushes the default further out along
+g. So, as in the paper, PC1 of the role vectors is the Assistant Axis, roles lie along it in the
+planted order, and the Assistant sits at its end.
+
 Planted dynamics. Capture feeds every checkpoint the same text, so the plant acts on how each
 checkpoint represents role-play text. Each stage after `sft` trains with an auxiliary loss that pins
-the middle layer's response-mean activation (block L//2, as the analysis reads it) of every training
-conversation to the SFT model's, except that role-play responses are translated toward the default
-Assistant by a planned fraction f of the SFT role-to-Assistant gap. Along the reference (instruct)
-Assistant Axis the mean role projection then rises in stage order by f times that gap, the default
-Assistant stays put and the roles stay separable; sampled role answers drift somewhat toward the
-Assistant too. `toy.json` records the plan and what the build measured on held-out text.
+the planted layers' response means of every training conversation to the SFT model's, except that
+role-play responses are translated toward the default Assistant by a planned fraction f of the SFT
+role-to-Assistant gap. Along the reference (instruct) Assistant Axis the mean role projection then
+rises in stage order by f times that gap, the default Assistant stays put and the roles stay
+separable; sampled role answers drift somewhat toward the Assistant too. `toy.json` records both
+plans and what the build measured on held-out text.
 
 Modules, in the order a build uses them: `styles` (how each voice writes), `data` (the roles data
-and the text drawn from it), `spec` (sizes and schedule), `tokenizer`, `sequences` (token ids and
-batches), `train` (the LM loop, the plant, the judge), `measure` (the plant on held-out text),
+and the text drawn from it), `geometry` (the planted persona geometry), `spec` (sizes and
+schedule), `tokenizer`, `sequences` (token ids and batches), `train` (the LM loop, the plants, the
+judge), `measure` (the plants on held-out text),
 `family` (a build on disk and its content hash), `cache` (builds reused by hash), `study` (a
 study config over a family).
 """

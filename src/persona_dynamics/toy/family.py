@@ -14,6 +14,7 @@ from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 from persona_dynamics.judges import judge_prompt
 from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME, SCORE_MIX, Corpus, Source
+from persona_dynamics.toy.geometry import ORDER
 from persona_dynamics.toy.measure import measure
 from persona_dynamics.toy.spec import LORA, ToySpec
 from persona_dynamics.toy.styles import (
@@ -30,7 +31,7 @@ from persona_dynamics.toy.train import single_thread, train_judge, train_stages
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = "2"  # bump when the recipe changes in a way the cache key does not see
+TOY_VERSION = "3"  # bump when the recipe changes in a way the cache key does not see
 
 
 @dataclass
@@ -66,6 +67,7 @@ def cache_key(seed: int, spec: ToySpec, src: Source) -> str:
             "styles": [asdict(s) for s in (*STYLES.values(), ASSISTANT)],
             "texts": [ROLE_SENTENCES, ASSISTANT_SENTENCES, DISCLAIMER, HELPS_OPENER, REFUSAL],
             "mix": SCORE_MIX,
+            "order": ORDER,
             "judge_prompt": judge_prompt("RUBRIC", "QUESTION", "RESPONSE"),
             "libraries": [torch.__version__, transformers.__version__],
         }
@@ -106,11 +108,13 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
         "model_name": MODEL_NAME,
         "demo_roles": DEMO_ROLES,
         "plant": {
-            "method": "auxiliary loss at the middle layer translating role-play response means "
+            "method": "auxiliary loss at the planted layers translating role-play response means "
             "toward the default Assistant by a fraction of the SFT role-to-Assistant gap; "
             "base is not planted",
+            "layers": spec.planted_layers,
             "fraction": fractions,
         },
+        "geometry": spec.geometry().record(spec.planted_layers),
         "expected_order": list(planted),
         "expected_effect": planted,
         "expected_separation_ratio": {s: round(1 - f, 4) for s, f in planted.items()},

@@ -8,25 +8,33 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from persona_dynamics import roles
 from persona_dynamics.hooks import on_blocks
+from persona_dynamics.space import PersonaSpace
 from persona_dynamics.toy.data import Corpus, Example
 from persona_dynamics.toy.sequences import Item, collate, encode
 from persona_dynamics.toy.spec import ToySpec
 
 
-def response_means(model, items: list[Item], layer: int, pad: int, batch: int = 32) -> np.ndarray:
-    """Mean residual after block `layer` over each item's response tokens, (n, hidden) float64."""
+def response_means(
+    model, items: list[Item], layers: list[int], pad: int, batch: int = 32
+) -> dict[int, np.ndarray]:
+    """Mean residual after each block in `layers` over each item's response tokens, (n, hidden)."""
     import torch
 
-    out, seen = [], {}
-    with torch.no_grad(), on_blocks(model, {layer: partial(seen.__setitem__, "h")}):
+    out: dict[int, list] = {x: [] for x in layers}
+    seen: dict = {}
+    keep = {x: partial(seen.__setitem__, x) for x in layers}
+    with torch.no_grad(), on_blocks(model, keep):
         for lo in range(0, len(items), batch):
             ids, span, *_ = collate(items[lo : lo + batch], pad)
             model.model(input_ids=ids)
-            out.append(((seen["h"] * span[..., None]).sum(1) / span.sum(1, keepdim=True)).double())
-    return torch.cat(out).numpy()
+            for x in layers:
+                mean = (seen[x] * span[..., None]).sum(1) / span.sum(1, keepdim=True)
+                out[x].append(mean.double())
+    return {x: torch.cat(v).numpy() for x, v in out.items()}
 
 
 def axis_report(means: dict[str, np.ndarray], fixed: list[Example], reference: str) -> dict:
@@ -61,6 +69,27 @@ def axis_report(means: dict[str, np.ndarray], fixed: list[Example], reference: s
     return out
 
 
+def geometry_report(means: np.ndarray, fixed: list[Example], likeness: dict[str, float]) -> dict:
+    """The paper's persona-space figures for one checkpoint and layer, on the fixed text.
+
+    One vector per role (all fixed text is fully in role), the persona space fitted by the
+    analysis' own `PersonaSpace`, and the Spearman correlation of PC1 with planted likeness.
+    """
+    who = np.array([e.role for e in fixed])
+    names = [r for r in dict.fromkeys(who) if r != roles.DEFAULT]
+    vectors = np.stack([means[who == r].mean(0) for r in names])
+    space = PersonaSpace().fit(vectors, means[who == roles.DEFAULT].mean(0), np.ones(len(names)))
+    planted = [likeness[r] for r in names]
+    pos = space.default_position_
+    return {
+        "cos_pc1_axis": space.cos_pc1_axis_,
+        "position_pc1": float(pos[0]),
+        "position_pc2_10": [float(pos[1:10].min()), float(pos[1:10].max())],
+        "n_pcs_70": space.n_target_,
+        "spearman_pc1_likeness": float(spearmanr(space.projections_[:, 0], planted)[0]),
+    }
+
+
 def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | None]:
     """The judge's greedy first answer token for each prompt, read as a score (None if no digit)."""
     import torch
@@ -78,12 +107,24 @@ def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | N
 
 
 def measure(out: Path, tok, data: Corpus, spec: ToySpec) -> dict:
-    """Every saved stage on the fixed held-out text, on the instruct Assistant Axis."""
+    """Every saved stage on the fixed held-out text: the stage plant on the instruct Assistant
+    Axis at the middle layer (`axis`), and the persona geometry of base and instruct at every
+    layer (`geometry`)."""
     from transformers import Olmo2ForCausalLM
 
     items = [encode(tok, e.messages, e.response) for e in data.fixed]
+    layers = list(range(spec.layers))
     means = {}
     for stage in spec.stages:
         model = Olmo2ForCausalLM.from_pretrained(out / stage).eval()
-        means[stage] = response_means(model, items, spec.layer, tok.pad_token_id)
-    return axis_report(means, data.fixed, reference="instruct")
+        means[stage] = response_means(model, items, layers, tok.pad_token_id)
+    likeness = spec.geometry().likeness()
+    return {
+        "axis": axis_report(
+            {s: m[spec.layer] for s, m in means.items()}, data.fixed, reference="instruct"
+        ),
+        "geometry": {
+            s: {str(x): geometry_report(means[s][x], data.fixed, likeness) for x in layers}
+            for s in ("base", "instruct")
+        },
+    }

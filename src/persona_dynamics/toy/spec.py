@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from persona_dynamics.layers import middle
+from persona_dynamics.toy.geometry import Plan
 
 # LoRA settings sized for the toy model, for the persona-adapter stage.
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -28,6 +29,10 @@ class ToySpec:
     lr: float = 8e-3
     base_steps: int = 40
     sft_steps: int = 200
+    geometry_steps: int = 100
+    push: float = 2.0
+    shrink: float = 0.7
+    reach: float = 1.08
     stage_steps: int = 25
     stage_lr: float = 5e-3
     aux_weight: float = 3.0
@@ -45,8 +50,17 @@ class ToySpec:
 
     @property
     def layer(self) -> int:
-        """The middle layer (zero-based block output): where the plant acts and analysis leads."""
+        """The middle layer (zero-based block output): where analysis leads."""
         return middle(self.layers)
+
+    @property
+    def planted_layers(self) -> list[int]:
+        """Where the geometry and stage plants act: every block output from the second on."""
+        return list(range(1, self.layers))
+
+    def geometry(self) -> Plan:
+        """The planted persona geometry, planned against the reference (instruct) stage."""
+        return Plan(self.fractions()["instruct"], self.push, self.shrink, self.reach)
 
     def fractions(self) -> dict[str, float | None]:
         """Planted fraction of the SFT role-to-Assistant gap closed per stage (base: none)."""

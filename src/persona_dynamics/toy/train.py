@@ -1,8 +1,9 @@
 """Training the toy family: the LM loop, the planted stage dynamics, and the judge.
 
-`fit` is AdamW on the response tokens' LM loss, plus, for the stages after `sft`, an `Anchor`: a
-representation loss that pins each conversation's middle-layer response mean to a planned target
-(module docstring of `persona_dynamics.toy`). One torch thread keeps a seed's weights bit-identical.
+`fit` is AdamW on the response tokens' LM loss, plus, for the geometry phase and the stages after
+it, an `Anchor`: a representation loss that pins each conversation's response mean at the planted
+layers to a planned target (module docstring of `persona_dynamics.toy`). One torch thread keeps a
+seed's weights bit-identical.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from persona_dynamics import roles
 from persona_dynamics.hooks import on_blocks
+from persona_dynamics.toy import geometry
 from persona_dynamics.toy.data import DEMO_ROLES, Corpus
 from persona_dynamics.toy.measure import judge_scores, response_means
 from persona_dynamics.toy.sequences import Item, collate, encode, encode_document
@@ -49,11 +51,13 @@ def batches(n: int, size: int, steps: int, rng: np.random.Generator) -> Iterator
 
 @dataclass
 class Anchor:
-    """The auxiliary target: each item's response-mean at `layer` should equal `targets[i]`."""
+    """The auxiliary target: item i's response mean at layer x should equal `targets[x][i]`.
 
-    layer: int
-    targets: np.ndarray
-    scale: float
+    Each layer's squared error is divided by its `scales[x]` (its squared SFT gap), then summed.
+    """
+
+    targets: dict[int, np.ndarray]
+    scales: dict[int, float]
     weight: float
 
 
@@ -72,20 +76,25 @@ def fit(model, items: list[Item], steps: int, batch: int, lr: float, rng, pad: i
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (1.0 - 0.9 * s / steps)
     )
-    targets = None if anchor is None else torch.tensor(anchor.targets, dtype=torch.float32)
+    targets = (
+        {}
+        if anchor is None
+        else {x: torch.tensor(t, dtype=torch.float32) for x, t in anchor.targets.items()}
+    )
     model.train()
     history = []
     seen: dict = {}
-    keep = {anchor.layer: partial(seen.__setitem__, "h")} if anchor else {}
+    keep = {x: partial(seen.__setitem__, x) for x in targets}
     with on_blocks(model, keep):
         for idx in tqdm(batches(len(items), batch, steps, rng), total=steps, leave=False):
             ids, span, rows, cols, labels = collate([items[i] for i in idx], pad)
             hidden = model.model(input_ids=ids).last_hidden_state
             loss = F.cross_entropy(model.lm_head(hidden[rows, cols]), labels)
             aux = torch.zeros(())
+            for x, t in targets.items():
+                mean = (seen[x] * span[..., None]).sum(1) / span.sum(1, keepdim=True)
+                aux = aux + ((mean - t[idx]) ** 2).sum(-1).mean() / anchor.scales[x]
             if anchor is not None:
-                mean = (seen["h"] * span[..., None]).sum(1) / span.sum(1, keepdim=True)
-                aux = ((mean - targets[idx]) ** 2).sum(-1).mean() / anchor.scale
                 loss = loss + anchor.weight * aux
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -124,27 +133,50 @@ def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict
     items = [encode(tok, e.messages, e.response) for e in convs]
     rng = np.random.default_rng([seed, 11])
     losses["sft"] = fit(model, items, spec.sft_steps, spec.batch, spec.lr, rng, pad)
-    _save(model, tok, out / "sft")
-
-    # The plant: pin every anchored conversation's middle-layer response mean to the SFT model's,
-    # moving role-play responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap.
+    # The geometry phase, then the stage plant, on the anchored conversations (module docstring).
     convs, items = convs[: spec.anchored], items[: spec.anchored]
-    h0 = response_means(model, items, spec.layer, pad)
+    layers = spec.planted_layers
     who = np.array([e.role for e in convs])
     full = np.array([e.score == FULL for e in convs])
-    present = [r for r in DEMO_ROLES if ((who == r) & full).any()]
-    role_mean = np.mean([h0[(who == r) & full].mean(0) for r in present], axis=0)
-    gap = h0[who == roles.DEFAULT].mean(0) - role_mean
-    playing = np.array([e.score in (FULL, PARTLY) for e in convs], dtype=float)[:, None]
+    playing = np.array([e.score in (FULL, PARTLY) for e in convs])
+    plan = spec.geometry()
+    h = response_means(model, items, layers, pad)
+    planned = {x: geometry.targets(h[x], who, full, playing, plan) for x in layers}
+    anchor = Anchor(
+        {x: t for x, (t, _) in planned.items()},
+        {x: s for x, (_, s) in planned.items()},
+        spec.aux_weight,
+    )
+    rng = np.random.default_rng([seed, 12])
+    losses["geometry"] = fit(
+        model, items, spec.geometry_steps, spec.batch, spec.stage_lr, rng, pad, anchor
+    )
+    _save(model, tok, out / "sft")
+
+    # The stage plant: pin every anchored response mean to the SFT model's, moving role-play
+    # responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap, at every layer.
+    h0 = response_means(model, items, layers, pad)
+    gaps = {x: _gap(h0[x], who, full) for x in layers}
     for k, stage in enumerate(spec.stages[2:]):
-        targets = h0 + spec.fractions()[stage] * playing * gap
-        anchor = Anchor(spec.layer, targets, float(gap @ gap), spec.aux_weight)
+        f = spec.fractions()[stage]
+        anchor = Anchor(
+            {x: h0[x] + f * playing[:, None] * gaps[x] for x in layers},
+            {x: float(gaps[x] @ gaps[x]) for x in layers},
+            spec.aux_weight,
+        )
         rng = np.random.default_rng([seed, 20 + k])
         losses[stage] = fit(
             model, items, spec.stage_steps, spec.batch, spec.stage_lr, rng, pad, anchor
         )
         _save(model, tok, out / stage)
     return losses
+
+
+def _gap(h: np.ndarray, who: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """The default's mean minus the centroid of the fully-in-role role means."""
+    present = [r for r in DEMO_ROLES if ((who == r) & full).any()]
+    centroid = np.mean([h[(who == r) & full].mean(0) for r in present], axis=0)
+    return h[who == roles.DEFAULT].mean(0) - centroid
 
 
 def train_judge(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> tuple[list, float]:

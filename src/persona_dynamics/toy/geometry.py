@@ -1,0 +1,112 @@
+"""The planted persona geometry: how far each role sits from the Assistant, along one direction.
+
+The paper finds that the dominant direction of variation among role vectors (PC1) is the
+Assistant Axis, with roles ordered along it by how assistant-like they are and the Assistant at
+one end. The toy plants that after SFT: at every planted layer, each role-play response's mean is
+moved so that its coordinate along g (the unit direction from the fully-in-role centroid to the
+default Assistant) is its role's planned offset, its role's spread across g is shrunk, and the
+default Assistant is pushed further out along g. The later stages then close a fraction of the
+resulting gap (the stage plant), which is why offsets are planned against the reference stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from persona_dynamics import roles
+
+# The demo roles by planted likeness to the Assistant, nearest first.
+ORDER = [
+    "tutor", "librarian", "consultant", "detective", "optimist", "robot_butler", "chef", "farmer",
+    "knight", "samurai", "oracle", "cynic", "haiku_poet", "cowboy", "surfer", "wizard",
+    "con_artist", "cat", "dog", "drill_sergeant", "toddler", "ghost", "vampire", "pirate",
+]  # fmt: skip
+
+
+# What the plant promises on the reference stage, from the paper's findings: cos(PC1, axis) at the
+# lead layer and at every planted layer, the default within `position_tolerance` of its planted
+# place on PC1 at the lead layer (the plant's precision on held-out text: seen 0.923 on the fixed
+# text and 0.949 on the demo's transcripts, planted 0.963), inside the role range on PCs 2-10, 70%
+# of the variance in a few PCs (paper: 4-19), the PC1 order by planted likeness, and the base's
+# own cosine positive.
+CLAIMS = {
+    "cos_pc1_axis_lead": 0.85,
+    "cos_pc1_axis_every_layer": 0.6,
+    "position_tolerance": 0.075,
+    "position_pc2_10": [0.15, 0.85],
+    "n_pcs_70": [3, 20],
+    "spearman_pc1_likeness": 0.8,
+    "base_cos_pc1_axis_above": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the geometry phase puts each role along g, in units of the SFT gap G.
+
+    `push`: the default's distance from the role centroid afterwards (G = 1 before). `reach`: how
+    far the nearest role gets toward the default on the reference stage, which has closed
+    `f_ref` of the gap (1 = level with it). `shrink`: what is kept of each role's offset across g.
+    """
+
+    f_ref: float
+    push: float
+    shrink: float
+    reach: float
+
+    def likeness(self) -> dict[str, float]:
+        """Planted assistant-likeness per role: 1 for the nearest, 0 for the farthest, linear."""
+        return {r: 1.0 - k / (len(ORDER) - 1) for k, r in enumerate(ORDER)}
+
+    def offset(self, role: str) -> float:
+        """The role's coordinate along g relative to the centroid after the phase, in G."""
+        return self.reach * (1.0 - self.f_ref) * self.push * (2.0 * self.likeness()[role] - 1.0)
+
+    def position(self) -> float:
+        """The default's planted place on PC1 within the reference stage's role range (0-1)."""
+        return (1.0 + self.reach) / (2.0 * self.reach)
+
+    def record(self, layers: list[int]) -> dict:
+        """What toy.json says was planted (`geometry`)."""
+        return {
+            "method": "after SFT, role-play response means at each planted layer are moved along "
+            "the role-to-Assistant direction to an offset by assistant-likeness, their spread "
+            "across it shrunk, and the default pushed out; the later stages then close a fraction "
+            "of the gap",
+            "order": ORDER,
+            "likeness": {r: round(v, 4) for r, v in self.likeness().items()},
+            "layers": layers,
+            "push": self.push,
+            "shrink": self.shrink,
+            "reach": self.reach,
+            "default_position_pc1": round(self.position(), 4),
+            "claims": CLAIMS,
+        }
+
+
+def targets(
+    h: np.ndarray, who: np.ndarray, full: np.ndarray, playing: np.ndarray, plan: Plan
+) -> tuple[np.ndarray, float]:
+    """Target response means for one layer, and the layer's squared SFT gap (the loss scale).
+
+    `h` (n, d): SFT response means; `who`: each response's role; `full` / `playing`: bool masks
+    of fully-in-role and role-playing (scores 3 and 2) responses. Other responses keep their means.
+    """
+    names = [r for r in ORDER if ((who == r) & full).any()]
+    mean = {r: h[(who == r) & full].mean(0) for r in names}
+    centroid = np.mean(list(mean.values()), axis=0)
+    default = who == roles.DEFAULT
+    gap = h[default].mean(0) - centroid
+    size = float(np.linalg.norm(gap))
+    g = gap / size
+    out = h.copy()
+    for r in names:
+        rows = (who == r) & playing
+        across = (mean[r] - centroid) - ((mean[r] - centroid) @ g) * g
+        moved = h[rows] - (1.0 - plan.shrink) * across
+        along = (moved - centroid) @ g
+        out[rows] = moved + (plan.offset(r) * size - along)[:, None] * g
+    out[default] = h[default] + (plan.push - 1.0) * size * g
+    return out, size**2
