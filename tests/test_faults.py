@@ -313,9 +313,19 @@ def test_a_stale_lock_of_a_dead_run_is_recovered(tmp_path):
 
 
 def interrupt(args: list[str], until, env=None) -> subprocess.CompletedProcess:
-    """Run the CLI, send SIGINT (Ctrl-C) once `until()` holds, and wait for it to exit."""
+    """Run the CLI, send SIGINT (Ctrl-C) once `until()` holds, and wait for it to exit.
+
+    The child gets SIGINT's default disposition back: a shell's background job (`cmd &`) starts
+    with it ignored, and Python then never raises KeyboardInterrupt.
+    """
     proc = subprocess.Popen(
-        command(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(*args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(until, timeout=120, poll=0.005)
     proc.send_signal(signal.SIGINT)

@@ -69,7 +69,7 @@ def test_axis_explorer_runs_on_a_planted_run(tmp_path):
     np.testing.assert_allclose(np.diff(mean["y"]), np.diff(list(SHIFT.values())), rtol=0.02)
     # the widgets' roles plot carries every role name for hovering
     pc = next(f for f in figures if f["layout"]["title"]["text"].startswith("Roles on PC1-PC2"))
-    names = {n for t in pc["data"] for n in t.get("text") or []}
+    names = {n for t in pc["data"] for n in t.get("customdata") or []}
     assert {f"role{i:02d}@3" for i in range(8)} <= names
     last = nb.cells[-1].outputs[0]["data"]["text/plain"]
     shown = json.loads(last.replace("'", '"'))

@@ -54,8 +54,8 @@ def model(family: toy.ToyFamily, label: str):
     return load_model(Checkpoint(label=label, model=str(path)), device="cpu").model
 
 
-def response_means(net, tok, examples: list[toy.Example], layer: int) -> np.ndarray:
-    """Mean residual after block `layer` over each response's tokens, read with a forward hook."""
+def response_tokens(net, tok, examples: list[toy.Example], layer: int) -> list[np.ndarray]:
+    """Residuals after block `layer` at each response's tokens, read with a forward hook."""
     seen = {}
     handle = net.model.layers[layer].register_forward_hook(lambda m, i, o: seen.update(h=o))
     out = []
@@ -64,10 +64,15 @@ def response_means(net, tok, examples: list[toy.Example], layer: int) -> np.ndar
             for e in examples:
                 enc = chat.encode(tok, list(e.messages), e.response)
                 net(torch.tensor([enc.input_ids]))
-                out.append(seen["h"][0, enc.start : enc.end].mean(0).double().numpy())
+                out.append(seen["h"][0, enc.start : enc.end].double().numpy())
     finally:
         handle.remove()
-    return np.stack(out)
+    return out
+
+
+def response_means(net, tok, examples: list[toy.Example], layer: int) -> np.ndarray:
+    """Mean residual after block `layer` over each response's tokens."""
+    return np.stack([h.mean(0) for h in response_tokens(net, tok, examples, layer)])
 
 
 def test_checkpoints_load_through_the_model_loader(toy_family, tok):
@@ -175,7 +180,7 @@ def test_planted_stage_order_is_in_the_raw_activations(toy_family, tok, src):
 def test_planted_geometry_in_the_raw_activations(toy_family, tok, src):
     """On fresh held-out text, instruct's persona space has the geometry toy.json says was planted
     (the paper's): PC1 is the Assistant Axis at every planted layer, the roles lie along it in the
-    planted order, the default sits at its planted place at PC1's end and inside PCs 2-10."""
+    planted order, the default sits at PC1's end and inside PCs 2-10."""
     truth = toy_family.truth
     plan, claims = truth["geometry"], truth["geometry"]["claims"]
     assert set(plan["order"]) == set(toy.DEMO_ROLES) and len(plan["order"]) == len(toy.DEMO_ROLES)
@@ -200,11 +205,68 @@ def test_planted_geometry_in_the_raw_activations(toy_family, tok, src):
                 continue
             pos = space.default_position_
             assert cos >= claims["cos_pc1_axis_lead"], cos
-            assert abs(pos[0] - plan["default_position_pc1"]) <= claims["position_tolerance"], pos
+            assert abs(1 - pos[0]) <= claims["end_within"], pos
             lo, hi = claims["position_pc2_10"]
             assert np.all((pos[1:10] >= lo) & (pos[1:10] <= hi)), pos
             lo, hi = claims["n_pcs_70"]
             assert lo <= space.n_target_ <= hi, space.explained_variance_ratio_
+
+
+def test_steering_plant_shifts_scores_a_step_per_half_unit():
+    from persona_dynamics.toy.steer import shifted
+
+    assert [shifted(3, c) for c in (-1, -0.5, 0, 0.5, 1)] == [3, 3, 3, 2, 1]
+    assert [shifted(2, c) for c in (-1, -0.5, 0, 0.5, 1)] == [3, 3, 2, 1, 1]
+    assert [shifted(0, c) for c in (-1, -0.5, 0, 0.5, 1)] == [2, 1, 0, 0, 0]  # refusals stay
+
+
+@pytest.mark.slow
+def test_planted_steering_moves_the_judge_score(toy_family, tok, src):
+    """Adding c times instruct's Assistant Axis (in the layer's mean-norm units) at the planted
+    layer, through the project's steering hooks, moves the toy judge's scores of sampled answers
+    to fresh held-out role prompts as toy.json's steering plant says: monotonically down in c, by
+    the planted score steps from the unsteered scores."""
+    from persona_dynamics.interventions import Intervention
+    from persona_dynamics.judges import judge_prompt
+    from persona_dynamics.steering.apply import steer
+    from persona_dynamics.toy.steer import predicted
+
+    plant = toy_family.truth["steering"]
+    (layer,) = plant["layers"]
+    net, judge = model(toy_family, "instruct"), model(toy_family, "judge")
+    examples = src.fixed(3, np.random.default_rng(17))
+    who = np.array([e.role for e in examples])
+    tokens = response_tokens(net, tok, examples, layer)
+    x = np.stack([h.mean(0) for h in tokens])
+    axis = torch.tensor(x[who == "default"].mean(0) - x[who != "default"].mean(0))
+    norm = float(np.linalg.norm(np.concatenate(tokens), axis=1).mean())  # as calibrate measures
+    asked = [e for e in examples if e.role != "default"]
+    rubric = {r.name: r.eval_prompt for r in src.roles}
+    prompts = [chat.prompt_text(tok, list(e.messages)) for e in asked]
+    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left",
+                add_special_tokens=False)  # fmt: skip
+    means = []
+    for c in plant["grid"]:
+        iv = Intervention("add", {layer: axis}, coefficient=c, unit="norm", norms={layer: norm})
+        torch.manual_seed(1)
+        with torch.no_grad(), steer(net, iv):
+            out = net.generate(**batch, do_sample=True, temperature=0.7, top_p=0.9,
+                               max_new_tokens=64)  # fmt: skip
+        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        asks = [chat.prompt_text(tok, judge_prompt(rubric[e.role], e.messages[-1]["content"], t))
+                for e, t in zip(asked, texts, strict=True)]  # fmt: skip
+        jb = tok(asks, return_tensors="pt", padding=True, padding_side="left",
+                 add_special_tokens=False)  # fmt: skip
+        said = judge.generate(**jb, do_sample=False, max_new_tokens=3)
+        answers = tok.batch_decode(said[:, jb["input_ids"].shape[1] :], skip_special_tokens=True)
+        scores = [parse_score(t) for t in answers]
+        means.append(scores)
+    base = [s for s in means[plant["grid"].index(0.0)] if s is not None]
+    mean = [np.mean([s for s in m if s is not None]) for m in means]
+    expect = [predicted(base, c) for c in plant["grid"]]
+    assert all(a >= b - 0.1 for a, b in pairwise(mean)), mean  # monotone, within sampling noise
+    assert mean[0] - mean[-1] >= 1.0, mean  # a real effect across the grid
+    np.testing.assert_allclose(mean, expect, atol=0.4)
 
 
 def test_toy_judge_agrees_with_planted_scores(toy_family, src):

@@ -1,6 +1,6 @@
 """The toy organism: tiny OLMo-2 checkpoints built locally, with planted persona dynamics.
 
-No hub is needed. `build` trains, on one CPU core in about two and a half minutes:
+No hub is needed. `build` trains, on one CPU core in about three minutes:
 - a byte-level BPE tokenizer with OLMo-2 Instruct's special tokens and chat template;
 - `base`: an Olmo2ForCausalLM briefly LM-trained on plain text (no chat, no role-play; saved,
   like the real base checkpoints, without a chat template);
@@ -19,6 +19,12 @@ pirate farthest), shrinks each role's spread across g, and pushes the default fu
 g. So, as in the paper, PC1 of the role vectors is the Assistant Axis, roles lie along it in the
 planted order, and the Assistant sits at its end.
 
+Planted steering (`steer`). Alongside, some role-play conversations train with c times the
+layer's mean residual norm times the unit role-to-Assistant direction added at the middle block's
+output, their answer written one planted score step toward the Assistant per 0.5 of c > 0 and one
+step deeper into the role per 0.5 of c < 0; so the steer stage's `add` on the analysis' axis moves
+the toy judge's scores monotonically in c (`toy.json` `steering`, and `measured.steering`).
+
 Planted dynamics. Capture feeds every checkpoint the same text, so the plant acts on how each
 checkpoint represents role-play text. Each stage after `sft` trains with an auxiliary loss that pins
 the planted layers' response means of every training conversation to the SFT model's, except that
@@ -29,11 +35,11 @@ separable; sampled role answers drift somewhat toward the Assistant too. `toy.js
 plans and what the build measured on held-out text.
 
 Modules, in the order a build uses them: `styles` (how each voice writes), `data` (the roles data
-and the text drawn from it), `geometry` (the planted persona geometry), `spec` (sizes and
-schedule), `tokenizer`, `sequences` (token ids and batches), `train` (the LM loop, the plants, the
-judge), `measure` (the plants on held-out text),
-`family` (a build on disk and its content hash), `cache` (builds reused by hash), `study` (a
-study config over a family).
+and the text drawn from it), `geometry` and `steer` (the planted persona geometry and steering
+relation), `spec` (sizes and schedule), `tokenizer`, `sequences` (token ids and batches), `train`
+(the LM loop, the plants, the judge), `measure` (the plants on held-out text), `family` (a build
+on disk and its content hash), `cache` (builds reused by hash), `study` (a study config over a
+family).
 """
 
 from persona_dynamics.toy.cache import cached_build

@@ -16,6 +16,7 @@ from persona_dynamics import roles
 from persona_dynamics.generation.requests import messages_for
 from persona_dynamics.judges import judge_prompt
 from persona_dynamics.toy.spec import ToySpec
+from persona_dynamics.toy.steer import TRAINED, shifted
 from persona_dynamics.toy.styles import FULL, HELPS, PARTLY, REFUSED, respond
 
 MODEL_NAME = "ToyOLMo"  # fills {model_name} in the default prompts, in training and in study_config
@@ -99,6 +100,20 @@ class Source:
         text = respond(role.name, question, score, rng)
         return Example(role.name, spi, q, score, messages_for(system, question), text)
 
+    def steered(self, n: int, rng: np.random.Generator) -> list[tuple[Example, float]]:
+        """`n` role conversations, each with a trained coefficient c and its answer written at the
+        score the steering plant shifts its planted score to (`toy.steer`)."""
+        scores, probs = list(SCORE_MIX), np.array(list(SCORE_MIX.values()))
+        out = []
+        for _ in range(n):
+            role = self.roles[int(rng.integers(len(self.roles)))]
+            q, c = int(rng.choice(self.split(held_out=False))), float(rng.choice(TRAINED))
+            score = shifted(int(rng.choice(scores, p=probs)), c)
+            out.append(
+                (self.example(role, int(rng.integers(len(role.instructions))), q, score, rng), c)
+            )
+        return out
+
     def fixed(self, per_role: int, rng: np.random.Generator) -> list[Example]:
         """Held-out text every checkpoint is measured on: fully-in-role and default answers."""
         qs = self.split(held_out=True)
@@ -139,6 +154,7 @@ class Corpus:
     judged: list[tuple]
     judge_test: list[tuple]
     fixed: list[Example]
+    steered: list[tuple[Example, float]]
 
     @classmethod
     def draw(cls, src: Source, spec: ToySpec, seed: int) -> Corpus:
@@ -153,6 +169,7 @@ class Corpus:
             judge_examples(src, spec.judge_conversations, rng(3), held_out=False),
             judge_examples(src, spec.judge_held_out, rng(4), held_out=True),
             src.fixed(spec.fixed_per_role, rng(5)),
+            src.steered(spec.steered, rng(6)),
         )
 
     def tokenizer_texts(self) -> list[str]:

@@ -17,6 +17,7 @@ from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME, SCORE_MIX, Corpus,
 from persona_dynamics.toy.geometry import ORDER
 from persona_dynamics.toy.measure import measure
 from persona_dynamics.toy.spec import LORA, ToySpec
+from persona_dynamics.toy.steer import STEP, TRAINED
 from persona_dynamics.toy.styles import (
     ASSISTANT,
     ASSISTANT_SENTENCES,
@@ -31,7 +32,7 @@ from persona_dynamics.toy.train import single_thread, train_judge, train_stages
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = "3"  # bump when the recipe changes in a way the cache key does not see
+TOY_VERSION = "4"  # bump when the recipe changes in a way the cache key does not see
 
 
 @dataclass
@@ -68,6 +69,7 @@ def cache_key(seed: int, spec: ToySpec, src: Source) -> str:
             "texts": [ROLE_SENTENCES, ASSISTANT_SENTENCES, DISCLAIMER, HELPS_OPENER, REFUSAL],
             "mix": SCORE_MIX,
             "order": ORDER,
+            "steer": [TRAINED, STEP],
             "judge_prompt": judge_prompt("RUBRIC", "QUESTION", "RESPONSE"),
             "libraries": [torch.__version__, transformers.__version__],
         }
@@ -90,11 +92,11 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
     with single_thread():
         data = Corpus.draw(src, spec, seed)
         tok = build_tokenizer(data.tokenizer_texts(), spec.vocab)
-        losses = train_stages(out, tok, data, spec, seed)
+        losses, steer = train_stages(out, tok, data, spec, seed)
         log.info("toy: %s trained (%s)", ", ".join(spec.stages), took())
         losses["judge"], agreement = train_judge(out, tok, data, spec, seed)
         log.info("toy: judge trained, held-out agreement %.3f (%s)", agreement, took())
-        measured = measure(out, tok, data, spec)
+        measured = measure(out, tok, data, spec, {r.name: r.eval_prompt for r in src.roles})
 
     fractions = spec.fractions()
     planted = {s: f for s, f in fractions.items() if f is not None}
@@ -115,6 +117,7 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
             "fraction": fractions,
         },
         "geometry": spec.geometry().record(spec.planted_layers),
+        "steering": steer.record(spec.steered),
         "expected_order": list(planted),
         "expected_effect": planted,
         "expected_separation_ratio": {s: round(1 - f, 4) for s, f in planted.items()},

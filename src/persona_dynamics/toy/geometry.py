@@ -26,15 +26,14 @@ ORDER = [
 
 
 # What the plant promises on the reference stage, from the paper's findings: cos(PC1, axis) at the
-# lead layer and at every planted layer, the default within `position_tolerance` of its planted
-# place on PC1 at the lead layer (the plant's precision on held-out text: seen 0.923 on the fixed
-# text and 0.949 on the demo's transcripts, planted 0.963), inside the role range on PCs 2-10, 70%
-# of the variance in a few PCs (paper: 4-19), the PC1 order by planted likeness, and the base's
-# own cosine positive.
+# lead layer and at every planted layer, the default within `end_within` of PC1's end at the lead
+# layer (the paper: 0.03; the planted place, `default_position_pc1`, is met to about 0.05 on held-
+# out text), inside the role range on PCs 2-10, 70% of the variance in a few PCs (paper: 4-19),
+# the PC1 order by planted likeness, and the base's own cosine positive.
 CLAIMS = {
     "cos_pc1_axis_lead": 0.85,
     "cos_pc1_axis_every_layer": 0.6,
-    "position_tolerance": 0.075,
+    "end_within": 0.05,
     "position_pc2_10": [0.15, 0.85],
     "n_pcs_70": [3, 20],
     "spearman_pc1_likeness": 0.8,

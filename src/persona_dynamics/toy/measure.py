@@ -90,6 +90,69 @@ def geometry_report(means: np.ndarray, fixed: list[Example], likeness: dict[str,
     }
 
 
+def response_norm(model, items: list[Item], layer: int, pad: int, batch: int = 32) -> float:
+    """Mean per-token residual norm after block `layer` over the response tokens (as calibrate)."""
+    import torch
+
+    total, count, seen = 0.0, 0.0, {}
+    with torch.no_grad(), on_blocks(model, {layer: partial(seen.__setitem__, "h")}):
+        for lo in range(0, len(items), batch):
+            ids, span, *_ = collate(items[lo : lo + batch], pad)
+            model.model(input_ids=ids)
+            total += float((seen["h"].norm(dim=-1) * span).sum())
+            count += float(span.sum())
+    return total / count
+
+
+def steering_report(
+    model, judge, tok, examples: list[Example], rubrics: dict, layer: int, per_role: int = 2
+) -> dict:
+    """The judge's mean score of sampled answers to `per_role` role prompts each of `examples`
+    with c·m·û added at block `layer` (û: this model's axis on the examples, m: its mean
+    response-token norm), per c of the grid, beside the plant's prediction from the unsteered
+    scores."""
+    import torch
+
+    from persona_dynamics import chat
+    from persona_dynamics.hooks import edit_blocks
+    from persona_dynamics.judges import judge_prompt
+    from persona_dynamics.toy.steer import GRID, predicted
+
+    pad = tok.pad_token_id
+    items = [encode(tok, e.messages, e.response) for e in examples]
+    h = response_means(model, items, [layer], pad)[layer]
+    who = np.array([e.role for e in examples])
+    axis = h[who == roles.DEFAULT].mean(0) - h[who != roles.DEFAULT].mean(0)
+    push = response_norm(model, items, layer, pad) * axis / np.linalg.norm(axis)
+    asked, taken = [], {}
+    for e in examples:
+        if e.role != roles.DEFAULT and taken.get(e.role, 0) < per_role:
+            asked.append(e)
+            taken[e.role] = taken.get(e.role, 0) + 1
+    prompts = [chat.prompt_text(tok, list(e.messages)) for e in asked]
+    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left",
+                add_special_tokens=False)  # fmt: skip
+    scores = {}
+    for c in GRID:
+        edit = torch.tensor(c * push, dtype=torch.float32)
+        torch.manual_seed(0)
+        with torch.no_grad(), edit_blocks(model, {layer: lambda x, _, v=edit: x + v}):
+            out = model.generate(**batch, do_sample=True, temperature=0.7, top_p=0.9,
+                                 max_new_tokens=64, pad_token_id=pad)  # fmt: skip
+        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        asks = [judge_prompt(rubrics[e.role], e.messages[-1]["content"], t)
+                for e, t in zip(asked, texts, strict=True)]  # fmt: skip
+        scores[c] = judge_scores(judge, tok, [encode(tok, m, "0") for m in asks])
+    base = [s for s in scores[0.0] if s is not None]
+    return {
+        "grid": list(GRID),
+        "score": [float(np.mean([s for s in scores[c] if s is not None])) for c in GRID],
+        "predicted": [predicted(base, c) for c in GRID],
+        "unparsed": [sum(s is None for s in scores[c]) for c in GRID],
+        "n": len(asked),
+    }
+
+
 def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | None]:
     """The judge's greedy first answer token for each prompt, read as a score (None if no digit)."""
     import torch
@@ -106,10 +169,10 @@ def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | N
     return out
 
 
-def measure(out: Path, tok, data: Corpus, spec: ToySpec) -> dict:
+def measure(out: Path, tok, data: Corpus, spec: ToySpec, rubrics: dict[str, str]) -> dict:
     """Every saved stage on the fixed held-out text: the stage plant on the instruct Assistant
-    Axis at the middle layer (`axis`), and the persona geometry of base and instruct at every
-    layer (`geometry`)."""
+    Axis at the middle layer (`axis`), the persona geometry of base and instruct at every layer
+    (`geometry`), and instruct's steering relation as the judge scores it (`steering`)."""
     from transformers import Olmo2ForCausalLM
 
     items = [encode(tok, e.messages, e.response) for e in data.fixed]
@@ -119,6 +182,9 @@ def measure(out: Path, tok, data: Corpus, spec: ToySpec) -> dict:
         model = Olmo2ForCausalLM.from_pretrained(out / stage).eval()
         means[stage] = response_means(model, items, layers, tok.pad_token_id)
     likeness = spec.geometry().likeness()
+    instruct = Olmo2ForCausalLM.from_pretrained(out / "instruct").eval()
+    judge = Olmo2ForCausalLM.from_pretrained(out / "judge").eval()
+    steering = steering_report(instruct, judge, tok, data.fixed, rubrics, spec.layer)
     return {
         "axis": axis_report(
             {s: m[spec.layer] for s, m in means.items()}, data.fixed, reference="instruct"
@@ -127,4 +193,5 @@ def measure(out: Path, tok, data: Corpus, spec: ToySpec) -> dict:
             s: {str(x): geometry_report(means[s][x], data.fixed, likeness) for x in layers}
             for s in ("base", "instruct")
         },
+        "steering": steering,
     }

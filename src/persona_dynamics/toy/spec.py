@@ -33,6 +33,7 @@ class ToySpec:
     push: float = 2.0
     shrink: float = 0.7
     reach: float = 1.08
+    steered: int = 500
     stage_steps: int = 25
     stage_lr: float = 5e-3
     aux_weight: float = 3.0

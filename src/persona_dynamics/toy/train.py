@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from persona_dynamics import roles
-from persona_dynamics.hooks import on_blocks
+from persona_dynamics.hooks import edit_blocks, on_blocks
 from persona_dynamics.toy import geometry
 from persona_dynamics.toy.data import DEMO_ROLES, Corpus
-from persona_dynamics.toy.measure import judge_scores, response_means
+from persona_dynamics.toy.measure import judge_scores, response_means, response_norm
 from persona_dynamics.toy.sequences import Item, collate, encode, encode_document
 from persona_dynamics.toy.spec import ToySpec
+from persona_dynamics.toy.steer import Steer
 from persona_dynamics.toy.styles import FULL, PARTLY
 
 
@@ -61,11 +62,31 @@ class Anchor:
     weight: float
 
 
-def fit(model, items: list[Item], steps: int, batch: int, lr: float, rng, pad: int, anchor=None):
+@dataclass
+class Steered:
+    """Item i trains with `coefficients[i]`·`vector` added at block `layer`'s output."""
+
+    layer: int
+    vector: np.ndarray
+    coefficients: np.ndarray
+
+
+def fit(
+    model,
+    items: list[Item],
+    steps: int,
+    batch: int,
+    lr: float,
+    rng,
+    pad: int,
+    anchor: Anchor | None = None,
+    steered: Steered | None = None,
+):
     """AdamW on the response-token LM loss (+ the anchor's representation loss).
 
-    Returns (loss, auxiliary loss) per step. The learning rate warms up over a tenth of the steps
-    and decays linearly to a tenth.
+    The anchor's targets cover the first items; the rest (steered ones) carry none. Returns (loss,
+    auxiliary loss) per step. The learning rate warms up over a tenth of the steps and decays
+    linearly to a tenth.
     """
     import torch
     import torch.nn.functional as F
@@ -81,19 +102,31 @@ def fit(model, items: list[Item], steps: int, batch: int, lr: float, rng, pad: i
         if anchor is None
         else {x: torch.tensor(t, dtype=torch.float32) for x, t in anchor.targets.items()}
     )
+    n_anchored = len(next(iter(targets.values()))) if targets else 0
     model.train()
     history = []
     seen: dict = {}
     keep = {x: partial(seen.__setitem__, x) for x in targets}
-    with on_blocks(model, keep):
+    edits, now = {}, {}
+    if steered is not None:
+        vector = torch.tensor(steered.vector, dtype=torch.float32)
+        coefficients = torch.tensor(steered.coefficients, dtype=torch.float32)
+        edits = {steered.layer: lambda h, _: h + now["c"][:, None, None] * vector}
+    with edit_blocks(model, edits), on_blocks(model, keep):
         for idx in tqdm(batches(len(items), batch, steps, rng), total=steps, leave=False):
+            if steered is not None:
+                now["c"] = coefficients[idx]
             ids, span, rows, cols, labels = collate([items[i] for i in idx], pad)
             hidden = model.model(input_ids=ids).last_hidden_state
             loss = F.cross_entropy(model.lm_head(hidden[rows, cols]), labels)
             aux = torch.zeros(())
+            mine = torch.from_numpy(idx < n_anchored)
             for x, t in targets.items():
-                mean = (seen[x] * span[..., None]).sum(1) / span.sum(1, keepdim=True)
-                aux = aux + ((mean - t[idx]) ** 2).sum(-1).mean() / anchor.scales[x]
+                if not mine.any():
+                    break
+                s = span[mine]
+                mean = (seen[x][mine] * s[..., None]).sum(1) / s.sum(1, keepdim=True)
+                aux = aux + ((mean - t[idx[mine.numpy()]]) ** 2).sum(-1).mean() / anchor.scales[x]
             if anchor is not None:
                 loss = loss + anchor.weight * aux
             loss.backward()
@@ -117,8 +150,11 @@ def _save(model, tok, path: Path, chat_template: bool = True) -> None:
     tok.save_pretrained(path)
 
 
-def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict[str, list]:
-    """Train and save base, sft and the planted later stages; return each stage's losses."""
+def train_stages(
+    out: Path, tok, data: Corpus, spec: ToySpec, seed: int
+) -> tuple[dict[str, list], Steer]:
+    """Train and save base, sft and the planted later stages; return each stage's losses and the
+    steering plant's vector."""
     import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
@@ -142,6 +178,13 @@ def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict
     plan = spec.geometry()
     h = response_means(model, items, layers, pad)
     planned = {x: geometry.targets(h[x], who, full, playing, plan) for x in layers}
+    # The steering plant (toy.steer) rides along: its conversations after the anchored ones.
+    g = _gap(h[spec.layer], who, full)
+    norm = response_norm(model, items, spec.layer, pad)
+    steer = Steer(spec.layer, norm * g / np.linalg.norm(g), norm)
+    coefficients = np.array([0.0] * len(items) + [c for _, c in data.steered])
+    steered = Steered(steer.layer, steer.vector, coefficients)
+    items = items + [encode(tok, e.messages, e.response) for e, _ in data.steered]
     anchor = Anchor(
         {x: t for x, (t, _) in planned.items()},
         {x: s for x, (_, s) in planned.items()},
@@ -149,13 +192,13 @@ def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict
     )
     rng = np.random.default_rng([seed, 12])
     losses["geometry"] = fit(
-        model, items, spec.geometry_steps, spec.batch, spec.stage_lr, rng, pad, anchor
+        model, items, spec.geometry_steps, spec.batch, spec.stage_lr, rng, pad, anchor, steered
     )
     _save(model, tok, out / "sft")
 
     # The stage plant: pin every anchored response mean to the SFT model's, moving role-play
     # responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap, at every layer.
-    h0 = response_means(model, items, layers, pad)
+    h0 = response_means(model, items[: spec.anchored], layers, pad)
     gaps = {x: _gap(h0[x], who, full) for x in layers}
     for k, stage in enumerate(spec.stages[2:]):
         f = spec.fractions()[stage]
@@ -166,10 +209,10 @@ def train_stages(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> dict
         )
         rng = np.random.default_rng([seed, 20 + k])
         losses[stage] = fit(
-            model, items, spec.stage_steps, spec.batch, spec.stage_lr, rng, pad, anchor
+            model, items, spec.stage_steps, spec.batch, spec.stage_lr, rng, pad, anchor, steered
         )
         _save(model, tok, out / stage)
-    return losses
+    return losses, steer
 
 
 def _gap(h: np.ndarray, who: np.ndarray, full: np.ndarray) -> np.ndarray:
