@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -19,6 +17,7 @@ from persona_dynamics.transcripts import read_transcripts
 
 from helpers.chat_server import ChatServer
 from helpers.paths import QUESTIONS, ROLES_DIR
+from helpers.serving import free_port, wait_up
 from helpers.study import make_study
 
 
@@ -42,12 +41,6 @@ def echo(body: dict) -> str:
     """Answer with what was asked, so the test can check every row against its request."""
     user = body["messages"][-1]["content"]
     return f"{user[:12]}|{body['seed']}|{body['temperature']}|{body['top_p']}|{body['max_tokens']}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_replicas_share_the_work_and_rows_match_requests(tmp_path):
@@ -156,15 +149,7 @@ def test_against_transformers_serve(tmp_path, tiny_model_dir):
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "transformers serve exited"
-                assert time.time() < deadline, "transformers serve did not come up"
-                time.sleep(0.5)
+        wait_up(server, url, "transformers serve", 120)
         cfg = study(tmp_path, [url], model=str(tiny_model_dir), max_in_flight=2)
         cfg.roles.question_count = 1
         cfg.roles.include_default = False

@@ -11,12 +11,10 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -33,6 +31,8 @@ from persona_dynamics.generation.requests import (
 from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, vllm_inputs
 from persona_dynamics.models import load_tokenizer
 from persona_dynamics.transcripts import read_transcripts, selection, transcripts_dir
+
+from helpers.serving import free_port, wait_up
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 REAL = pytest.mark.skipif(
@@ -249,32 +249,12 @@ def vllm_server(toy_family, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_up(server, url, log)
+        wait_up(server, url, "vllm server", 300, log)  # start-up compiles the model
         yield server, url
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(server: subprocess.Popen, url: str, log) -> None:
-    """Wait (at most 5 minutes: start-up compiles the model) until the server lists models."""
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
-            return
-        except OSError:
-            assert server.poll() is None, f"vllm server exited:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, "vllm server did not come up in 300 s"
-            time.sleep(1)
 
 
 @REAL
