@@ -152,8 +152,19 @@ def toy_note(truth: dict) -> str:
         f"likeness (nearest {_e(', '.join(order[:3]))}; farthest {_e(', '.join(order[-3:]))}), "
         f"the default Assistant at {truth['geometry']['default_position_pc1']:.2f} of PC1's "
         f"role range, and each later stage closes a planted share of the role-to-Assistant gap "
-        f"({closes}). Agreement with the paper here shows the suite recovers planted structure; "
-        "it is not a finding about language models.</div>"
+        f"({closes}).{_later_plants(truth)} Agreement with the paper here shows the suite "
+        "recovers planted structure; it is not a finding about language models.</div>"
+    )
+
+
+def _later_plants(truth: dict) -> str:
+    """The toy note's sentence on the steering plant, where the build has one."""
+    if "steering" not in truth:
+        return ""
+    st = truth["steering"]
+    return (
+        f" Adding c times the axis (in mean-norm units) at layer {_e(st['layers'][0])} moves "
+        f"the judge's score a step toward the Assistant per {st['step']:g} of c."
     )
 
 
