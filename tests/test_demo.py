@@ -23,7 +23,8 @@ def test_demo_ran_every_stage_and_recorded_it(demo_run):
     # axis, few PCs, the default at PC1's end and inside the range on PCs 2-10) reads as the paper's
     text = outputs["report"].read_text()
     assert 'id="toy"' in text and "not a finding about language models" in text
-    note = text[text.index('id="toy"') : text.index("</div>", text.index('id="toy"'))]
+    at = text.index('id="toy"')
+    note = text[at : text.index("</div>", at)]
     truth = json.loads((cfg.output_root / "toy" / "toy.json").read_text())
     assert f"at layer {truth['steering']['layers'][0]} moves" in note, note
     assert f"per {truth['steering']['step']:g} of c" in note, note

@@ -24,7 +24,8 @@ def wait_up(server: subprocess.Popen, url: str, what: str, seconds: float, log: 
             urllib.request.urlopen(f"{url}/models", timeout=2)
             return
         except OSError:
-            tail = f":\n{log.read_text()[-3000:]}" if log else ""
-            assert server.poll() is None, f"{what} exited{tail}"
+            if server.poll() is not None:
+                tail = f":\n{log.read_text()[-3000:]}" if log else ""
+                raise AssertionError(f"{what} exited{tail}") from None
             assert time.time() < deadline, f"{what} did not come up in {seconds:.0f} s"
             time.sleep(0.5)

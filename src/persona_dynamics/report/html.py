@@ -152,12 +152,12 @@ def toy_note(truth: dict) -> str:
         f"likeness (nearest {_e(', '.join(order[:3]))}; farthest {_e(', '.join(order[-3:]))}), "
         f"the default Assistant at {truth['geometry']['default_position_pc1']:.2f} of PC1's "
         f"role range, and each later stage closes a planted share of the role-to-Assistant gap "
-        f"({closes}).{_later_plants(truth)} Agreement with the paper here shows the suite "
+        f"({closes}).{_steering_note(truth)} Agreement with the paper here shows the suite "
         "recovers planted structure; it is not a finding about language models.</div>"
     )
 
 
-def _later_plants(truth: dict) -> str:
+def _steering_note(truth: dict) -> str:
     """The toy note's sentence on the steering plant, where the build has one."""
     if "steering" not in truth:
         return ""
