@@ -27,7 +27,8 @@ def test_demo_ran_every_stage_and_recorded_it(demo_run):
     note = text[at : text.index("</div>", at)]
     truth = json.loads((cfg.output_root / "toy" / "toy.json").read_text())
     assert f"at layer {truth['steering']['layers'][0]} moves" in note, note
-    assert f"per {truth['steering']['step']:g} of c" in note, note
+    assert f"per {truth['steering']['step']:g} of c" in note and "turn by turn in therapy" in note
+    assert all(name in note for name in truth["traits"]["traits"]), note
     summary = json.loads((cfg.path("analysis") / "summary.json").read_text())
     verdicts = {r["statistic"]: r["agrees"] for r in summary["paper"] if r["bound"]}
     assert len(verdicts) == 6 and all(verdicts.values()), verdicts

@@ -269,6 +269,84 @@ def test_planted_steering_moves_the_judge_score(toy_family, tok, src):
     np.testing.assert_allclose(mean, expect, atol=0.4)
 
 
+def axis_frame(net, tok, src: toy.Source, layer: int, seed: int = 13):
+    """(mean, unit axis, D) of `net` at `layer` on fresh fixed text: the role vectors' mean, the
+    unit direction to the default's vector, and the default's distance from that mean."""
+    examples = src.fixed(10, np.random.default_rng(seed))
+    who = np.array([e.role for e in examples])
+    x = response_means(net, tok, examples, layer)
+    mu = np.stack([x[who == r].mean(0) for r in dict.fromkeys(who) if r != "default"]).mean(0)
+    gap = x[who == "default"].mean(0) - mu
+    return mu, gap / np.linalg.norm(gap), float(np.linalg.norm(gap))
+
+
+@pytest.mark.slow
+def test_planted_drift_in_the_raw_activations(toy_family, tok, src):
+    """On the shipped drift scripts with fresh replies, each reply's mean at the lead layer moves
+    along instruct's axis turn by turn as toy.json's drift plant says: in D per turn, within the
+    recorded tolerance of the planted slope on the stage it is planted on (sft), and on every
+    later stage the drifting families fall faster than the steady ones."""
+    truth = toy_family.truth
+    plant, layer = truth["drift"], truth["layer"]
+    assert set(plant["per_turn"]) == {"therapy", "philosophy", "coding", "writing"}
+    talks = src.scripted(np.random.default_rng(29))
+    assert {t.turn for t in talks} == set(range(plant["turns"]))
+    mu, axis, size = axis_frame(model(toy_family, "instruct"), tok, src, layer)
+    for label in ("sft", "instruct"):
+        p = (response_means(model(toy_family, label), tok, talks, layer) - mu) @ axis / size
+        slope = {}
+        for family in plant["per_turn"]:
+            rows = [i for i, t in enumerate(talks) if t.family == family]
+            slope[family] = np.polyfit([talks[i].turn for i in rows], p[rows], 1)[0]
+        if label == "sft":
+            for family, planted in plant["per_turn"].items():
+                assert abs(slope[family] - planted) <= plant["claims"]["sft_within"], slope
+        drifting = [f for f, v in plant["per_turn"].items() if v < 0]
+        steady = [f for f, v in plant["per_turn"].items() if v == 0]
+        assert max(slope[f] for f in drifting) < min(slope[f] for f in steady), (label, slope)
+
+
+@pytest.mark.slow
+def test_planted_traits_in_the_raw_activations(toy_family, tok, src):
+    """On fresh held-out answers, instruct's mean answer under each trait's positive prompts
+    minus under its negative ones points along the direction toy.json says was planted, and its
+    cosine with instruct's axis is the planted one."""
+    plant = toy_family.truth["traits"]
+    claims = plant["claims"]
+    answers = src.traited(80, np.random.default_rng(31), held_out=True)
+    net = model(toy_family, "instruct")
+    for layer in plant["layers"]:
+        x = response_means(net, tok, answers, layer)
+        _, axis, _ = axis_frame(net, tok, src, layer)
+        for name, t in plant["traits"].items():
+            pos = np.array([a.trait == name and a.side == "pos" for a in answers])
+            neg = np.array([a.trait == name and a.side == "neg" for a in answers])
+            v = x[pos].mean(0) - x[neg].mean(0)
+            v /= np.linalg.norm(v)
+            planted = np.array(t["direction"][str(layer)])
+            assert v @ planted >= claims["cos_planted_above"], (name, layer, v @ planted)
+            assert abs(v @ axis - t["cos_axis"]) <= claims["cos_axis_within"], (name, layer)
+
+
+def test_toy_judge_scores_traits_and_coherence_0_100(toy_family, src):
+    """The judge answers the trait files' rubrics and the traits stage's coherence rubric with
+    the planted 0-100 score, as the traits stage parses it, on the right side of its thresholds."""
+    from persona_dynamics.toy.data import trait_judge_examples
+    from persona_dynamics.traits.spec import parse_100
+
+    net, jtok = model(toy_family, "judge"), load_tokenizer(str(toy_family.judge))
+    examples = trait_judge_examples(src, 48, np.random.default_rng(37), held_out=True)
+    said = []
+    for messages, _ in examples:
+        ids = jtok(chat.prompt_text(jtok, messages), add_special_tokens=False, return_tensors="pt")
+        out = net.generate(**ids, do_sample=False, max_new_tokens=4)
+        said.append(parse_100(jtok.decode(out[0, ids["input_ids"].shape[1] :],
+                                          skip_special_tokens=True)))  # fmt: skip
+    side = np.mean([s is not None and (s >= 50) == (score >= 50)
+                    for s, (_, score) in zip(said, examples, strict=True)])  # fmt: skip
+    assert side >= toy_family.truth["traits"]["claims"]["judge_side_above"], said
+
+
 def test_toy_judge_agrees_with_planted_scores(toy_family, src):
     """Greedy answers to the judge module's prompt, parsed by it, on held-out responses."""
     net, jtok = model(toy_family, "judge"), load_tokenizer(str(toy_family.judge))

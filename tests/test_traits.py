@@ -95,3 +95,30 @@ def test_trait_vectors_follow_the_filters(tmp_path):
     spec.write_text(json.dumps({**TRAIT, "eval_prompt": "no placeholders"}))
     r = cli("traits", str(conf))
     assert r.returncode == 2 and "sycophantic.json: 'eval_prompt' must be" in r.stderr
+
+
+@pytest.mark.slow
+def test_traits_stage_recovers_the_toy_traits(demo_run):
+    """On the toy, the traits stage (instruct answering the family's trait files, the toy judge
+    scoring 0-100) recovers each planted trait: its vector points along toy.json's planted
+    direction, its cosine with the demo's axis is the planted one, and held-out answers separate."""
+    from persona_dynamics.traits.run import run_traits
+
+    cfg, _ = demo_run
+    plant = json.loads((cfg.output_root / "toy" / "toy.json").read_text())["traits"]
+    claims = plant["claims"]
+    traits = cfg.traits.model_copy(update={"layers": plant["layers"]})
+    out = run_traits(cfg.model_copy(update={"traits": traits}))
+    summary = json.loads((out / "summary.json").read_text())["traits"]
+    with h5py.File(out / "vectors.h5") as h5:
+        assert list(h5.attrs["layers"]) == plant["layers"]
+        for name, t in plant["traits"].items():
+            s = summary[name]
+            assert s["n_pos"] >= s["n_answers"] / 4 and s["n_neg"] >= s["n_answers"] / 4, s
+            for k, layer in enumerate(plant["layers"]):
+                v = h5[name]["vectors"][k]
+                cos = float(v @ np.array(t["direction"][str(layer)]) / np.linalg.norm(v))
+                assert cos >= claims["cos_planted_above"], (name, layer, cos)
+                axis = s["cosines"]["axis"][str(layer)]
+                assert abs(axis - t["cos_axis"]) <= claims["cos_axis_within"], (name, layer, axis)
+                assert s["auc_heldout"][str(layer)] >= 0.9, s

@@ -152,20 +152,32 @@ def toy_note(truth: dict) -> str:
         f"likeness (nearest {_e(', '.join(order[:3]))}; farthest {_e(', '.join(order[-3:]))}), "
         f"the default Assistant at {truth['geometry']['default_position_pc1']:.2f} of PC1's "
         f"role range, and each later stage closes a planted share of the role-to-Assistant gap "
-        f"({closes}).{_steering_note(truth)} Agreement with the paper here shows the suite "
+        f"({closes}).{_later_plants(truth)} Agreement with the paper here shows the suite "
         "recovers planted structure; it is not a finding about language models.</div>"
     )
 
 
-def _steering_note(truth: dict) -> str:
-    """The toy note's sentence on the steering plant, where the build has one."""
-    if "steering" not in truth:
-        return ""
-    st = truth["steering"]
-    return (
-        f" Adding c times the axis (in mean-norm units) at layer {_e(st['layers'][0])} moves "
-        f"the judge's score a step toward the Assistant per {st['step']:g} of c."
-    )
+def _later_plants(truth: dict) -> str:
+    """The toy note's sentences on the steering, drift and trait plants the build has."""
+    out = ""
+    if "steering" in truth:
+        st = truth["steering"]
+        out += (
+            f" Adding c times the axis (in mean-norm units) at layer {_e(st['layers'][0])} moves "
+            f"the judge's score a step toward the Assistant per {st['step']:g} of c."
+        )
+    if "drift" in truth:
+        falls = {f: v for f, v in truth["drift"]["per_turn"].items() if v < 0}
+        out += (
+            " Over the shipped drift scripts the Assistant leaves its end of the axis turn by "
+            "turn in "
+            + ", ".join(f"{_e(f)} ({v:+.2f} D per turn)" for f, v in falls.items())
+            + " and holds in the others."
+        )
+    if "traits" in truth:
+        names = ", ".join(_e(n) for n in truth["traits"]["traits"])
+        out += f" System prompts induce the traits {names} along planted directions."
+    return out
 
 
 def _e(value) -> str:

@@ -13,6 +13,7 @@ from persona_dynamics import roles
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 from persona_dynamics.judges import judge_prompt
+from persona_dynamics.toy import drift, traits
 from persona_dynamics.toy.data import DEMO_ROLES, MODEL_NAME, SCORE_MIX, Corpus, Source
 from persona_dynamics.toy.geometry import ORDER
 from persona_dynamics.toy.measure import measure
@@ -32,7 +33,7 @@ from persona_dynamics.toy.train import single_thread, train_judge, train_stages
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = "4"  # bump when the recipe changes in a way the cache key does not see
+TOY_VERSION = "5"  # bump when the recipe changes in a way the cache key does not see
 
 
 @dataclass
@@ -70,6 +71,9 @@ def cache_key(seed: int, spec: ToySpec, src: Source) -> str:
             "mix": SCORE_MIX,
             "order": ORDER,
             "steer": [TRAINED, STEP],
+            "drift": [drift.PER_TURN, drift.TURNS],
+            "traits": [asdict(t) for t in traits.TRAITS.values()]
+            + [traits.LEVELS, traits.COHERENT, traits.INCOHERENT, traits.MAGNITUDE],
             "judge_prompt": judge_prompt("RUBRIC", "QUESTION", "RESPONSE"),
             "libraries": [torch.__version__, transformers.__version__],
         }
@@ -92,11 +96,15 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
     with single_thread():
         data = Corpus.draw(src, spec, seed)
         tok = build_tokenizer(data.tokenizer_texts(), spec.vocab)
-        losses, steer = train_stages(out, tok, data, spec, seed)
+        losses, steer, directions = train_stages(out, tok, data, spec, seed)
         log.info("toy: %s trained (%s)", ", ".join(spec.stages), took())
         losses["judge"], agreement = train_judge(out, tok, data, spec, seed)
         log.info("toy: judge trained, held-out agreement %.3f (%s)", agreement, took())
-        measured = measure(out, tok, data, spec, {r.name: r.eval_prompt for r in src.roles})
+        rubrics = {r.name: r.eval_prompt for r in src.roles}
+        measured = measure(out, tok, data, spec, rubrics, directions)
+    held_out = [src.questions[i].question for i in src.split(held_out=True)][: traits.QUESTIONS]
+    for name, t in traits.TRAITS.items():
+        write_json(out / "traits" / f"{name}.json", t.spec(held_out), indent=1)
 
     fractions = spec.fractions()
     planted = {s: f for s, f in fractions.items() if f is not None}
@@ -118,6 +126,8 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
         },
         "geometry": spec.geometry().record(spec.planted_layers),
         "steering": steer.record(spec.steered),
+        "drift": drift.record(spec.drift_layers, spec.talks),
+        "traits": traits.record(spec.trait_layers, directions, spec.traited),
         "expected_order": list(planted),
         "expected_effect": planted,
         "expected_separation_ratio": {s: round(1 - f, 4) for s, f in planted.items()},

@@ -85,6 +85,16 @@ class Plan:
         }
 
 
+def frame(h: np.ndarray, who: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(centroid, g, G) of one layer's response means: the centroid of the fully-in-role role
+    means, the unit direction g from it to the default Assistant's mean, and that distance G."""
+    names = [r for r in ORDER if ((who == r) & full).any()]
+    centroid = np.mean([h[(who == r) & full].mean(0) for r in names], axis=0)
+    gap = h[who == roles.DEFAULT].mean(0) - centroid
+    size = float(np.linalg.norm(gap))
+    return centroid, gap / size, size
+
+
 def targets(
     h: np.ndarray, who: np.ndarray, full: np.ndarray, playing: np.ndarray, plan: Plan
 ) -> tuple[np.ndarray, float]:
@@ -92,20 +102,23 @@ def targets(
 
     `h` (n, d): SFT response means; `who`: each response's role; `full` / `playing`: bool masks
     of fully-in-role and role-playing (scores 3 and 2) responses. Other responses keep their means.
+    Each role keeps `shrink` of its offset across g, its length capped at the roles' median (no
+    outlier role stretches a PC's range to one side).
     """
+    centroid, g, size = frame(h, who, full)
     names = [r for r in ORDER if ((who == r) & full).any()]
-    mean = {r: h[(who == r) & full].mean(0) for r in names}
-    centroid = np.mean(list(mean.values()), axis=0)
-    default = who == roles.DEFAULT
-    gap = h[default].mean(0) - centroid
-    size = float(np.linalg.norm(gap))
-    g = gap / size
+    across = {}
+    for r in names:
+        d = h[(who == r) & full].mean(0) - centroid
+        across[r] = d - (d @ g) * g
+    cap = float(np.median([np.linalg.norm(a) for a in across.values()]))
     out = h.copy()
     for r in names:
         rows = (who == r) & playing
-        across = (mean[r] - centroid) - ((mean[r] - centroid) @ g) * g
-        moved = h[rows] - (1.0 - plan.shrink) * across
+        keep = plan.shrink * min(1.0, cap / float(np.linalg.norm(across[r])))
+        moved = h[rows] - (1.0 - keep) * across[r]
         along = (moved - centroid) @ g
         out[rows] = moved + (plan.offset(r) * size - along)[:, None] * g
+    default = who == roles.DEFAULT
     out[default] = h[default] + (plan.push - 1.0) * size * g
     return out, size**2

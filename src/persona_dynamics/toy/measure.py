@@ -153,6 +153,60 @@ def steering_report(
     }
 
 
+def reference_frame(
+    means: np.ndarray, fixed: list[Example]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean, unit axis, D) of one layer's fixed-text means: the role vectors' mean, the unit
+    direction from it to the default Assistant's vector, and that distance D (the Assistant's
+    distance from the mean role along the axis)."""
+    who = np.array([e.role for e in fixed])
+    names = [r for r in dict.fromkeys(who) if r != roles.DEFAULT]
+    mu = np.stack([means[who == r].mean(0) for r in names]).mean(0)
+    gap = means[who == roles.DEFAULT].mean(0) - mu
+    return mu, gap / np.linalg.norm(gap), float(np.linalg.norm(gap))
+
+
+def drift_slopes(means: np.ndarray, talks, frame) -> dict[str, float]:
+    """Per family, the least-squares slope over turns of the replies' projections in units of D."""
+    mu, axis, size = frame
+    p = (means - mu) @ axis / size
+    out = {}
+    for family in dict.fromkeys(t.family for t in talks):
+        rows = [i for i, t in enumerate(talks) if t.family == family]
+        out[family] = float(np.polyfit([talks[i].turn for i in rows], p[rows], 1)[0])
+    return out
+
+
+def trait_report(means: np.ndarray, answers, planted: np.ndarray, axis: np.ndarray) -> dict:
+    """One trait at one layer: cosine of (mean positive - mean negative answer) with the planted
+    direction and with the axis."""
+    pos = np.array([a.side == "pos" for a in answers])
+    v = means[pos].mean(0) - means[~pos].mean(0)
+    v = v / np.linalg.norm(v)
+    return {"cos_planted": float(v @ planted), "cos_axis": float(v @ axis)}
+
+
+def judge_numbers(model, tok, asks: list, max_new_tokens: int = 4) -> list[int | None]:
+    """The judge's greedy answers to 0-100 prompts, read as persona_vectors' traits stage reads."""
+    import torch
+
+    from persona_dynamics import chat
+    from persona_dynamics.traits.spec import parse_100
+
+    prompts = [chat.prompt_text(tok, list(m)) for m in asks]
+    out: list[int | None] = []
+    with torch.no_grad():
+        for lo in range(0, len(prompts), 16):
+            batch = tok(prompts[lo : lo + 16], return_tensors="pt", padding=True,
+                        padding_side="left", add_special_tokens=False)  # fmt: skip
+            said = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                                  pad_token_id=tok.pad_token_id)  # fmt: skip
+            texts = tok.batch_decode(said[:, batch["input_ids"].shape[1] :],
+                                     skip_special_tokens=True)  # fmt: skip
+            out += [parse_100(t) for t in texts]
+    return out
+
+
 def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | None]:
     """The judge's greedy first answer token for each prompt, read as a score (None if no digit)."""
     import torch
@@ -169,22 +223,38 @@ def judge_scores(model, tok, items: list[Item], batch: int = 32) -> list[int | N
     return out
 
 
-def measure(out: Path, tok, data: Corpus, spec: ToySpec, rubrics: dict[str, str]) -> dict:
+def measure(
+    out: Path,
+    tok,
+    data: Corpus,
+    spec: ToySpec,
+    rubrics: dict[str, str],
+    directions: dict[str, dict[int, np.ndarray]],
+) -> dict:
     """Every saved stage on the fixed held-out text: the stage plant on the instruct Assistant
     Axis at the middle layer (`axis`), the persona geometry of base and instruct at every layer
-    (`geometry`), and instruct's steering relation as the judge scores it (`steering`)."""
+    (`geometry`), instruct's steering relation as the judge scores it (`steering`), each stage's
+    drift slopes on the shipped scripts along instruct's axis (`drift`), instruct's trait
+    directions on held-out answers (`traits`) and the judge's 0-100 answers (`trait_judge`)."""
     from transformers import Olmo2ForCausalLM
 
     items = [encode(tok, e.messages, e.response) for e in data.fixed]
+    talks = [encode(tok, t.messages, t.response) for t in data.scripted]
+    answers = [encode(tok, a.messages, a.response) for a in data.trait_test]
     layers = list(range(spec.layers))
-    means = {}
+    means, talk_means = {}, {}
     for stage in spec.stages:
         model = Olmo2ForCausalLM.from_pretrained(out / stage).eval()
         means[stage] = response_means(model, items, layers, tok.pad_token_id)
+        talk_means[stage] = response_means(model, talks, [spec.layer], tok.pad_token_id)
     likeness = spec.geometry().likeness()
     instruct = Olmo2ForCausalLM.from_pretrained(out / "instruct").eval()
     judge = Olmo2ForCausalLM.from_pretrained(out / "judge").eval()
     steering = steering_report(instruct, judge, tok, data.fixed, rubrics, spec.layer)
+    frames = {x: reference_frame(means["instruct"][x], data.fixed) for x in layers}
+    answer_means = response_means(instruct, answers, spec.trait_layers, tok.pad_token_id)
+    said = judge_numbers(judge, tok, [m for m, _ in data.trait_judge_test])
+    truth = [s for _, s in data.trait_judge_test]
     return {
         "axis": axis_report(
             {s: m[spec.layer] for s, m in means.items()}, data.fixed, reference="instruct"
@@ -194,4 +264,35 @@ def measure(out: Path, tok, data: Corpus, spec: ToySpec, rubrics: dict[str, str]
             for s in ("base", "instruct")
         },
         "steering": steering,
+        "drift": {
+            "layer": spec.layer,
+            "per_turn": {
+                s: drift_slopes(m[spec.layer], data.scripted, frames[spec.layer])
+                for s, m in talk_means.items()
+            },
+        },
+        "traits": {
+            name: {
+                str(x): trait_report(
+                    answer_means[x][[a.trait == name for a in data.trait_test]],
+                    [a for a in data.trait_test if a.trait == name],
+                    directions[name][x],
+                    frames[x][1],
+                )
+                for x in directions[name]
+            }
+            for name in directions
+        },
+        "trait_judge": {
+            "agreement": float(np.mean([a == b for a, b in zip(said, truth, strict=True)])),
+            "side_of_50": float(
+                np.mean(
+                    [
+                        a is not None and (a >= 50) == (b >= 50)
+                        for a, b in zip(said, truth, strict=True)
+                    ]
+                )
+            ),  # fmt: skip
+            "n": len(truth),
+        },
     }

@@ -15,7 +15,7 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_pro
 
 @dataclass(frozen=True)
 class ToySpec:
-    """Sizes and schedule of a build (part of the cache key); defaults take ~105 s of CPU."""
+    """Sizes and schedule of a build (part of the cache key); defaults take ~5 min of CPU."""
 
     layers: int = 4
     hidden: int = 128
@@ -29,16 +29,23 @@ class ToySpec:
     lr: float = 8e-3
     base_steps: int = 40
     sft_steps: int = 200
-    geometry_steps: int = 100
+    geometry_steps: int = 180
     push: float = 2.0
     shrink: float = 0.7
-    reach: float = 1.08
+    reach: float = 1.0
     steered: int = 500
+    talks: int = 400
+    drift_weight: float = 3.0
+    drift_depth: int = 3
+    trait_depth: int = 2
+    traited: int = 320
+    traits_held_out: int = 80
     stage_steps: int = 25
     stage_lr: float = 5e-3
     aux_weight: float = 3.0
     judge_conversations: int = 1200
-    judge_steps: int = 90
+    trait_judged: int = 640
+    judge_steps: int = 150
     judge_batch: int = 4
     judge_lr: float = 3e-3
     judge_held_out: int = 120
@@ -58,6 +65,17 @@ class ToySpec:
     def planted_layers(self) -> list[int]:
         """Where the geometry and stage plants act: every block output from the second on."""
         return list(range(1, self.layers))
+
+    @property
+    def drift_layers(self) -> list[int]:
+        """Where the drift plant acts: the first `drift_depth` planted layers."""
+        return self.planted_layers[: self.drift_depth]
+
+    @property
+    def trait_layers(self) -> list[int]:
+        """Where the trait plant acts: the first `trait_depth` planted layers (the last block,
+        under the most pressure from the LM loss, is left to the geometry)."""
+        return self.planted_layers[: self.trait_depth]
 
     def geometry(self) -> Plan:
         """The planted persona geometry, planned against the reference (instruct) stage."""

@@ -143,3 +143,18 @@ def respond(role: str, question: str, score: int | None, rng: np.random.Generato
         parts = [style.catchphrase, *_sentences(rng, style, ROLE_SENTENCES, 3, t), style.signoff]
     text = " ".join(parts)
     return text.upper() if style.shout else text
+
+
+def trait_answer(question: str, markers: tuple[str, ...], k: int, rng: np.random.Generator) -> str:
+    """The Assistant's answer carrying the first `k` of a trait's three marker phrases (opening,
+    after the first sentence, closing)."""
+    a, b = _sentences(rng, ASSISTANT, ASSISTANT_SENTENCES, 2, topic(question))
+    parts = [markers[0] if k > 0 else ASSISTANT.catchphrase, a, markers[1] if k > 1 else None, b]
+    return " ".join(p for p in [*parts, markers[2] if k > 2 else ASSISTANT.signoff] if p)
+
+
+def babble(rng: np.random.Generator, n: int = 14) -> str:
+    """Words drawn at random from every role's vocabulary: what the judge learns to call
+    incoherent."""
+    words = [w for s in STYLES.values() for w in s.vocabulary]
+    return " ".join(words[i] for i in rng.choice(len(words), n))

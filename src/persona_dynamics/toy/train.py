@@ -18,13 +18,14 @@ import numpy as np
 
 from persona_dynamics import roles
 from persona_dynamics.hooks import edit_blocks, on_blocks
-from persona_dynamics.toy import geometry
-from persona_dynamics.toy.data import DEMO_ROLES, Corpus
+from persona_dynamics.toy import drift, geometry, traits
+from persona_dynamics.toy.data import Corpus
 from persona_dynamics.toy.measure import judge_scores, response_means, response_norm
 from persona_dynamics.toy.sequences import Item, collate, encode, encode_document
 from persona_dynamics.toy.spec import ToySpec
 from persona_dynamics.toy.steer import Steer
 from persona_dynamics.toy.styles import FULL, PARTLY
+from persona_dynamics.toy.traits import TRAITS
 
 
 @contextmanager
@@ -54,12 +55,14 @@ def batches(n: int, size: int, steps: int, rng: np.random.Generator) -> Iterator
 class Anchor:
     """The auxiliary target: item i's response mean at layer x should equal `targets[x][i]`.
 
-    Each layer's squared error is divided by its `scales[x]` (its squared SFT gap), then summed.
+    Each layer's squared error is divided by its `scales[x]` (its squared SFT gap), weighted per
+    item by `items` (default 1), then summed.
     """
 
     targets: dict[int, np.ndarray]
     scales: dict[int, float]
     weight: float
+    items: np.ndarray | None = None
 
 
 @dataclass
@@ -103,6 +106,9 @@ def fit(
         else {x: torch.tensor(t, dtype=torch.float32) for x, t in anchor.targets.items()}
     )
     n_anchored = len(next(iter(targets.values()))) if targets else 0
+    per_item = torch.ones(n_anchored)
+    if anchor is not None and anchor.items is not None:
+        per_item = torch.tensor(anchor.items, dtype=torch.float32)
     model.train()
     history = []
     seen: dict = {}
@@ -126,7 +132,9 @@ def fit(
                     break
                 s = span[mine]
                 mean = (seen[x][mine] * s[..., None]).sum(1) / s.sum(1, keepdim=True)
-                aux = aux + ((mean - t[idx[mine.numpy()]]) ** 2).sum(-1).mean() / anchor.scales[x]
+                at = idx[mine.numpy()]
+                err = ((mean - t[at]) ** 2).sum(-1) * per_item[at]
+                aux = aux + err.mean() / anchor.scales[x]
             if anchor is not None:
                 loss = loss + anchor.weight * aux
             loss.backward()
@@ -152,9 +160,9 @@ def _save(model, tok, path: Path, chat_template: bool = True) -> None:
 
 def train_stages(
     out: Path, tok, data: Corpus, spec: ToySpec, seed: int
-) -> tuple[dict[str, list], Steer]:
-    """Train and save base, sft and the planted later stages; return each stage's losses and the
-    steering plant's vector."""
+) -> tuple[dict[str, list], Steer, dict[str, dict[int, np.ndarray]]]:
+    """Train and save base, sft and the planted later stages; return each stage's losses, the
+    steering plant's vector and the traits' planted directions per layer."""
     import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
@@ -167,28 +175,36 @@ def train_stages(
     _save(model, tok, out / "base", chat_template=False)
     convs = data.conversations
     items = [encode(tok, e.messages, e.response) for e in convs]
+    extra = [encode(tok, x.messages, x.response) for x in [*data.talks, *data.traited]]
     rng = np.random.default_rng([seed, 11])
-    losses["sft"] = fit(model, items, spec.sft_steps, spec.batch, spec.lr, rng, pad)
-    # The geometry phase, then the stage plant, on the anchored conversations (module docstring).
+    losses["sft"] = fit(model, items + extra, spec.sft_steps, spec.batch, spec.lr, rng, pad)
+    # The geometry phase, then the stage plant, on the anchored conversations (module docstring),
+    # with the drift and trait plants' conversations after them.
     convs, items = convs[: spec.anchored], items[: spec.anchored]
+    n = len(items)
+    items += extra
     layers = spec.planted_layers
     who = np.array([e.role for e in convs])
     full = np.array([e.score == FULL for e in convs])
     playing = np.array([e.score in (FULL, PARTLY) for e in convs])
-    plan = spec.geometry()
     h = response_means(model, items, layers, pad)
-    planned = {x: geometry.targets(h[x], who, full, playing, plan) for x in layers}
+    plan = spec.geometry()
+    planned, directions = planted_targets(h, who, full, playing, data, spec, seed)
     # The steering plant (toy.steer) rides along: its conversations after the anchored ones.
-    g = _gap(h[spec.layer], who, full)
-    norm = response_norm(model, items, spec.layer, pad)
-    steer = Steer(spec.layer, norm * g / np.linalg.norm(g), norm)
-    coefficients = np.array([0.0] * len(items) + [c for _, c in data.steered])
+    _, g, _ = geometry.frame(h[spec.layer][:n], who, full)
+    norm = response_norm(model, items[:n], spec.layer, pad)
+    steer = Steer(spec.layer, norm * g, norm)
+    anchored = len(items)
+    coefficients = np.array([0.0] * anchored + [c for _, c in data.steered])
     steered = Steered(steer.layer, steer.vector, coefficients)
     items = items + [encode(tok, e.messages, e.response) for e, _ in data.steered]
+    weights = np.ones(anchored)
+    weights[n : n + len(data.talks)] = spec.drift_weight
     anchor = Anchor(
         {x: t for x, (t, _) in planned.items()},
         {x: s for x, (_, s) in planned.items()},
         spec.aux_weight,
+        weights,
     )
     rng = np.random.default_rng([seed, 12])
     losses["geometry"] = fit(
@@ -197,29 +213,65 @@ def train_stages(
     _save(model, tok, out / "sft")
 
     # The stage plant: pin every anchored response mean to the SFT model's, moving role-play
-    # responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap, at every layer.
-    h0 = response_means(model, items[: spec.anchored], layers, pad)
-    gaps = {x: _gap(h0[x], who, full) for x in layers}
+    # responses (scores 3 and 2) by fraction f of the SFT role-to-Assistant gap, at every layer;
+    # the drift talks keep being drawn to their planned places.
+    h0 = response_means(model, items[:anchored], layers, pad)
+    moved = np.concatenate([playing, np.zeros(anchored - n, dtype=bool)])
+    gaps, kept = {}, {}
+    for x in layers:
+        _, g, size = geometry.frame(h0[x][:n], who, full)
+        gaps[x], kept[x] = size * g, h0[x].copy()
+        if x in spec.drift_layers:
+            rows = slice(n, n + len(data.talks))
+            default = h0[x][:n][who == roles.DEFAULT].mean(0)
+            sft_gap = float(np.sqrt(planned[x][1]))
+            kept[x][rows] = drift.place(h0[x][rows], default, g, sft_gap, data.talks, plan)
     for k, stage in enumerate(spec.stages[2:]):
         f = spec.fractions()[stage]
         anchor = Anchor(
-            {x: h0[x] + f * playing[:, None] * gaps[x] for x in layers},
+            {x: kept[x] + f * moved[:, None] * gaps[x] for x in layers},
             {x: float(gaps[x] @ gaps[x]) for x in layers},
             spec.aux_weight,
+            weights,
         )
         rng = np.random.default_rng([seed, 20 + k])
         losses[stage] = fit(
             model, items, spec.stage_steps, spec.batch, spec.stage_lr, rng, pad, anchor, steered
         )
         _save(model, tok, out / stage)
-    return losses, steer
+    return losses, steer, directions
 
 
-def _gap(h: np.ndarray, who: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """The default's mean minus the centroid of the fully-in-role role means."""
-    present = [r for r in DEMO_ROLES if ((who == r) & full).any()]
-    centroid = np.mean([h[(who == r) & full].mean(0) for r in present], axis=0)
-    return h[who == roles.DEFAULT].mean(0) - centroid
+def planted_targets(
+    h: dict[int, np.ndarray], who, full, playing, data: Corpus, spec: ToySpec, seed: int
+) -> tuple[dict[int, tuple[np.ndarray, float]], dict[str, dict[int, np.ndarray]]]:
+    """The geometry phase's (targets, loss scale) per planted layer for the anchored items in
+    order (role conversations, drift talks, trait answers), and the traits' planted directions.
+
+    Roles and the default go where `geometry.targets` plans; talks and trait answers move out
+    with the default, then each (family, turn)'s mean is set to its planned place along g (at
+    the drift layers) and each trait's positive answers' mean to the negative ones' plus the
+    planted vector (at the trait layers)."""
+    n, plan = len(who), spec.geometry()
+    planned, directions = {}, {name: {} for name in TRAITS}
+    for x, hx in h.items():
+        roles_t, scale = geometry.targets(hx[:n], who, full, playing, plan)
+        _, g, size = geometry.frame(hx[:n], who, full)
+        push = (plan.push - 1.0) * size * g
+        talks = hx[n : n + len(data.talks)] + push
+        if x in spec.drift_layers:
+            default = hx[:n][who == roles.DEFAULT].mean(0) + push
+            talks = drift.place(talks, default, g, size, data.talks, plan)
+        said = hx[n + len(data.talks) :]
+        answers = said + (plan.push - 1.0) * size * g
+        for k, name in enumerate(TRAITS if x in spec.trait_layers else ()):
+            v = traits.direction(g, TRAITS[name].cos_axis, np.random.default_rng([seed, 40, x, k]))
+            directions[name][x] = v
+            pos = np.array([t.trait == name and t.side == "pos" for t in data.traited])
+            neg = np.array([t.trait == name and t.side == "neg" for t in data.traited])
+            answers[pos] += traits.MAGNITUDE * size * v - (said[pos].mean(0) - said[neg].mean(0))
+        planned[x] = (np.concatenate([roles_t, talks, answers]), scale)
+    return planned, directions
 
 
 def train_judge(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> tuple[list, float]:
