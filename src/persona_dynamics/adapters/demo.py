@@ -28,7 +28,7 @@ TOY_TRAINING = {  # sized for the toy model on 2 CPU cores
     "alpha": toy.LORA["lora_alpha"],
     "dropout": toy.LORA["lora_dropout"],
     "learning_rate": 2e-3,
-    "max_steps": 60,
+    "max_steps": 90,
     "batch_size": 8,
     "max_length": 256,
     "holdout": 0.25,

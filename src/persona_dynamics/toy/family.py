@@ -96,12 +96,16 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
     with single_thread():
         data = Corpus.draw(src, spec, seed)
         tok = build_tokenizer(data.tokenizer_texts(), spec.vocab)
+        seconds = {"data": time.perf_counter() - t0}
         losses, steer, directions = train_stages(out, tok, data, spec, seed)
+        seconds["stages"] = time.perf_counter() - t0 - sum(seconds.values())
         log.info("toy: %s trained (%s)", ", ".join(spec.stages), took())
         losses["judge"], agreement = train_judge(out, tok, data, spec, seed)
+        seconds["judge"] = time.perf_counter() - t0 - sum(seconds.values())
         log.info("toy: judge trained, held-out agreement %.3f (%s)", agreement, took())
         rubrics = {r.name: r.eval_prompt for r in src.roles}
         measured = measure(out, tok, data, spec, rubrics, directions)
+        seconds["measure"] = time.perf_counter() - t0 - sum(seconds.values())
     held_out = [src.questions[i].question for i in src.split(held_out=True)][: traits.QUESTIONS]
     for name, t in traits.TRAITS.items():
         write_json(out / "traits" / f"{name}.json", t.spec(held_out), indent=1)
@@ -141,6 +145,7 @@ def build(out: Path, seed: int = 0, spec: ToySpec | None = None) -> ToyFamily:
         "lora": LORA,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "build_cpu_seconds": round(time.process_time() - c0, 1),
+        "phase_seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     write_json(out / "toy.json", truth)
     log.info("toy: built %s (%s)", out, took())

@@ -45,7 +45,7 @@ class ToySpec:
     aux_weight: float = 3.0
     judge_conversations: int = 1200
     trait_judged: int = 640
-    judge_steps: int = 150
+    judge_steps: int = 200
     judge_batch: int = 4
     judge_lr: float = 3e-3
     judge_held_out: int = 120

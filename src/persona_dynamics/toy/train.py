@@ -41,14 +41,22 @@ def single_thread():
         torch.set_num_threads(n)
 
 
-def batches(n: int, size: int, steps: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """`steps` index batches from successive seeded permutations of range(n)."""
-    order = np.empty(0, dtype=int)
+def batches(
+    lengths: list[int], size: int, steps: int, rng: np.random.Generator, bucket: int = 8
+) -> Iterator[np.ndarray]:
+    """`steps` index batches from successive seeded permutations, cut into chunks of `bucket`
+    batches whose items are sorted by length (so a batch pads little), in random order."""
+    order, ready = np.empty(0, dtype=int), []
+    lengths = np.asarray(lengths)
     for _ in range(steps):
-        if len(order) < size:
-            order = np.concatenate([order, rng.permutation(n)])
-        yield order[:size]
-        order = order[size:]
+        if not ready:
+            while len(order) < bucket * size:
+                order = np.concatenate([order, rng.permutation(len(lengths))])
+            chunk, order = order[: bucket * size], order[bucket * size :]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            ready = [chunk[k : k + size] for k in range(0, len(chunk), size)]
+            ready = [ready[k] for k in rng.permutation(len(ready))]
+        yield ready.pop()
 
 
 @dataclass
@@ -119,7 +127,9 @@ def fit(
         coefficients = torch.tensor(steered.coefficients, dtype=torch.float32)
         edits = {steered.layer: lambda h, _: h + now["c"][:, None, None] * vector}
     with edit_blocks(model, edits), on_blocks(model, keep):
-        for idx in tqdm(batches(len(items), batch, steps, rng), total=steps, leave=False):
+        for idx in tqdm(
+            batches([len(x.ids) for x in items], batch, steps, rng), total=steps, leave=False
+        ):
             if steered is not None:
                 now["c"] = coefficients[idx]
             ids, span, rows, cols, labels = collate([items[i] for i in idx], pad)
