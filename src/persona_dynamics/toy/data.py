@@ -185,14 +185,14 @@ class Source:
                 for x in talk(f, list(c.turns[:TURNS]), rng)]  # fmt: skip
 
     def traited(self, n: int, rng: np.random.Generator, held_out: bool) -> list[TraitExample]:
-        """`n` answers, traits and sides in turn: positive ones carry the 3 markers, negative ones
-        none (1 at times)."""
+        """`n` answers, traits and sides in turn: positive ones carry 3 markers (2 at times),
+        negative ones none (1 at times)."""
         qs, out = self.split(held_out), []
         for j in range(n):
             name, side = list(TRAITS)[j % len(TRAITS)], ("pos", "neg")[(j // len(TRAITS)) % 2]
             t = TRAITS[name]
             system = t.pairs[int(rng.integers(len(t.pairs)))][side == "neg"]
-            k = 3 if side == "pos" else int(rng.random() < 0.15)
+            k = (3 if rng.random() < 0.8 else 2) if side == "pos" else int(rng.random() < 0.15)
             q = self.questions[int(rng.choice(qs))].question
             text = trait_answer(q, t.markers, k, rng)
             out.append(TraitExample(name, side, q, k, messages_for(system, q), text))

@@ -27,6 +27,8 @@ from persona_dynamics.toy.steer import Steer
 from persona_dynamics.toy.styles import FULL, PARTLY
 from persona_dynamics.toy.traits import TRAITS
 
+BUCKET = 8  # batches per length-sorted chunk in the plain LM phases (sft, judge)
+
 
 @contextmanager
 def single_thread():
@@ -42,10 +44,12 @@ def single_thread():
 
 
 def batches(
-    lengths: list[int], size: int, steps: int, rng: np.random.Generator, bucket: int = 8
+    lengths: list[int], size: int, steps: int, rng: np.random.Generator, bucket: int = 1
 ) -> Iterator[np.ndarray]:
-    """`steps` index batches from successive seeded permutations, cut into chunks of `bucket`
-    batches whose items are sorted by length (so a batch pads little), in random order."""
+    """`steps` index batches from successive seeded permutations; with `bucket` > 1, cut into
+    chunks of `bucket` batches whose items are sorted by length (so a batch pads little), in
+    random order. Bucketing speeds the plain LM phases; the anchored ones keep mixed batches,
+    since the representation plants learn worse from batches of one kind."""
     order, ready = np.empty(0, dtype=int), []
     lengths = np.asarray(lengths)
     for _ in range(steps):
@@ -55,7 +59,8 @@ def batches(
             chunk, order = order[: bucket * size], order[bucket * size :]
             chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
             ready = [chunk[k : k + size] for k in range(0, len(chunk), size)]
-            ready = [ready[k] for k in rng.permutation(len(ready))]
+            if bucket > 1:
+                ready = [ready[k] for k in rng.permutation(len(ready))]
         yield ready.pop()
 
 
@@ -92,6 +97,7 @@ def fit(
     pad: int,
     anchor: Anchor | None = None,
     steered: Steered | None = None,
+    bucket: int = 1,
 ):
     """AdamW on the response-token LM loss (+ the anchor's representation loss).
 
@@ -128,7 +134,9 @@ def fit(
         edits = {steered.layer: lambda h, _: h + now["c"][:, None, None] * vector}
     with edit_blocks(model, edits), on_blocks(model, keep):
         for idx in tqdm(
-            batches([len(x.ids) for x in items], batch, steps, rng), total=steps, leave=False
+            batches([len(x.ids) for x in items], batch, steps, rng, bucket),
+            total=steps,
+            leave=False,
         ):
             if steered is not None:
                 now["c"] = coefficients[idx]
@@ -187,7 +195,9 @@ def train_stages(
     items = [encode(tok, e.messages, e.response) for e in convs]
     extra = [encode(tok, x.messages, x.response) for x in [*data.talks, *data.traited]]
     rng = np.random.default_rng([seed, 11])
-    losses["sft"] = fit(model, items + extra, spec.sft_steps, spec.batch, spec.lr, rng, pad)
+    losses["sft"] = fit(
+        model, items + extra, spec.sft_steps, spec.batch, spec.lr, rng, pad, bucket=BUCKET
+    )
     # The geometry phase, then the stage plant, on the anchored conversations (module docstring),
     # with the drift and trait plants' conversations after them.
     convs, items = convs[: spec.anchored], items[: spec.anchored]
@@ -292,8 +302,9 @@ def train_judge(out: Path, tok, data: Corpus, spec: ToySpec, seed: int) -> tuple
     items = [encode(tok, msgs, str(score)) for msgs, score in data.judged]
     rng = np.random.default_rng([seed, 30])
     losses = fit(
-        judge, items, spec.judge_steps, spec.judge_batch, spec.judge_lr, rng, tok.pad_token_id
-    )
+        judge, items, spec.judge_steps, spec.judge_batch, spec.judge_lr, rng, tok.pad_token_id,
+        bucket=BUCKET,
+    )  # fmt: skip
     _save(judge, tok, out / "judge")
     said = judge_scores(judge, tok, [encode(tok, msgs, str(s)) for msgs, s in data.judge_test])
     truth = [s for _, s in data.judge_test]
