@@ -16,9 +16,9 @@ No hub is needed. `build` trains, on one CPU core in about five minutes:
 Planted geometry (`geometry`). After SFT, an auxiliary loss at every block output from the second
 on moves each role-play response's mean along g, the direction from the fully-in-role centroid to
 the default Assistant, to an offset set by its role's planted assistant-likeness (tutor nearest,
-pirate farthest), shrinks each role's spread across g, and pushes the default further out along
-g. So, as in the paper, PC1 of the role vectors is the Assistant Axis, roles lie along it in the
-planted order, and the Assistant sits at its end.
+pirate farthest), spreads the roles' other differences flatter across g, and pushes the default
+further out along g. So, as in the paper, PC1 of the role vectors is the Assistant Axis, roles lie
+along it in the planted order, and the Assistant sits at its end.
 
 Planted steering (`steer`). Alongside, some role-play conversations train with c times the
 layer's mean residual norm times the unit role-to-Assistant direction added at the middle block's

@@ -4,8 +4,9 @@ The paper finds that the dominant direction of variation among role vectors (PC1
 Assistant Axis, with roles ordered along it by how assistant-like they are and the Assistant at
 one end. The toy plants that after SFT: at every planted layer, each role-play response's mean is
 moved so that its coordinate along g (the unit direction from the fully-in-role centroid to the
-default Assistant) is its role's planned offset, its role's spread across g is shrunk, and the
-default Assistant is pushed further out along g. The later stages then close a fraction of the
+default Assistant) is its role's planned offset, the roles' offsets across g are spread flatter
+over their directions and scaled to a planned share, and the default Assistant is pushed further
+out along g. The later stages then close a fraction of the
 resulting gap (the stage plant), which is why offsets are planned against the reference stage.
 """
 
@@ -47,12 +48,13 @@ class Plan:
 
     `push`: the default's distance from the role centroid afterwards (G = 1 before). `reach`: how
     far the nearest role gets toward the default on the reference stage, which has closed
-    `f_ref` of the gap (1 = level with it). `shrink`: what is kept of each role's offset across g.
+    `f_ref` of the gap (1 = level with it). `spread`: the roles' variance across g, as a multiple
+    of their variance along it.
     """
 
     f_ref: float
     push: float
-    shrink: float
+    spread: float
     reach: float
 
     def likeness(self) -> dict[str, float]:
@@ -71,14 +73,15 @@ class Plan:
         """What toy.json says was planted (`geometry`)."""
         return {
             "method": "after SFT, role-play response means at each planted layer are moved along "
-            "the role-to-Assistant direction to an offset by assistant-likeness, their spread "
-            "across it shrunk, and the default pushed out; the later stages then close a fraction "
+            "the role-to-Assistant direction to an offset by assistant-likeness, their offsets "
+            "across it flattened over their directions and scaled to spread x the variance along "
+            "it, and the default pushed out; the later stages then close a fraction "
             "of the gap",
             "order": ORDER,
             "likeness": {r: round(v, 4) for r, v in self.likeness().items()},
             "layers": layers,
             "push": self.push,
-            "shrink": self.shrink,
+            "spread": self.spread,
             "reach": self.reach,
             "default_position_pc1": round(self.position(), 4),
             "claims": CLAIMS,
@@ -102,23 +105,31 @@ def targets(
 
     `h` (n, d): SFT response means; `who`: each response's role; `full` / `playing`: bool masks
     of fully-in-role and role-playing (scores 3 and 2) responses. Other responses keep their means.
-    Each role keeps `shrink` of its offset across g, its length capped at the roles' median (no
-    outlier role stretches a PC's range to one side).
+    The roles' offsets across g are replaced by `across`: the same directions, spread flatter.
     """
     centroid, g, size = frame(h, who, full)
     names = [r for r in ORDER if ((who == r) & full).any()]
-    across = {}
-    for r in names:
-        d = h[(who == r) & full].mean(0) - centroid
-        across[r] = d - (d @ g) * g
-    cap = float(np.median([np.linalg.norm(a) for a in across.values()]))
+    natural = np.stack([h[(who == r) & full].mean(0) - centroid for r in names])
+    natural -= np.outer(natural @ g, g)
+    planned = across(natural, np.array([plan.offset(r) * size for r in names]), plan.spread)
     out = h.copy()
-    for r in names:
+    for k, r in enumerate(names):
         rows = (who == r) & playing
-        keep = plan.shrink * min(1.0, cap / float(np.linalg.norm(across[r])))
-        moved = h[rows] - (1.0 - keep) * across[r]
+        moved = h[rows] - natural[k] + planned[k]
         along = (moved - centroid) @ g
         out[rows] = moved + (plan.offset(r) * size - along)[:, None] * g
     default = who == roles.DEFAULT
     out[default] = h[default] + (plan.push - 1.0) * size * g
     return out, size**2
+
+
+def across(natural: np.ndarray, along: np.ndarray, spread: float) -> np.ndarray:
+    """The roles' planned offsets across g: their natural ones (rows) with each length capped at
+    the median, the singular values square-rooted (their other differences spread over many
+    directions, as the paper's 4-19 PCs for 70% say), scaled to `spread` times the variance of
+    the planned offsets `along` g."""
+    lengths = np.linalg.norm(natural, axis=1)
+    capped = natural * np.minimum(1.0, np.median(lengths) / lengths)[:, None]
+    u, s, vt = np.linalg.svd(capped, full_matrices=False)
+    flat = (u * np.sqrt(s)) @ vt
+    return flat * np.sqrt(spread * (along**2).sum() / (flat**2).sum())

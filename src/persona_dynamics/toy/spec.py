@@ -31,8 +31,8 @@ class ToySpec:
     sft_steps: int = 200
     geometry_steps: int = 180
     push: float = 2.0
-    shrink: float = 0.7
-    reach: float = 1.0
+    spread: float = 1.2
+    reach: float = 1.08
     steered: int = 500
     talks: int = 400
     drift_weight: float = 3.0
@@ -79,7 +79,7 @@ class ToySpec:
 
     def geometry(self) -> Plan:
         """The planted persona geometry, planned against the reference (instruct) stage."""
-        return Plan(self.fractions()["instruct"], self.push, self.shrink, self.reach)
+        return Plan(self.fractions()["instruct"], self.push, self.spread, self.reach)
 
     def fractions(self) -> dict[str, float | None]:
         """Planted fraction of the SFT role-to-Assistant gap closed per stage (base: none)."""
