@@ -212,6 +212,27 @@ def test_planted_geometry_in_the_raw_activations(toy_family, tok, src):
             assert lo <= space.n_target_ <= hi, space.explained_variance_ratio_
 
 
+def test_planned_offsets_across_g_are_flatter_and_scaled_to_the_spread():
+    """The geometry plan's offsets across g stay across g, carry `spread` times the variance of
+    the offsets along it, and share it out more evenly than the natural ones (top direction)."""
+    from persona_dynamics.toy.geometry import across
+
+    rng = np.random.default_rng(0)
+    g = np.eye(16)[0]
+    natural = rng.standard_normal((24, 16)) * np.geomspace(3, 0.1, 16)
+    natural -= np.outer(natural @ g, g)
+    along = np.linspace(-1.0, 1.0, 24)
+    planned = across(natural, along, 1.5)
+    np.testing.assert_allclose(planned @ g, 0.0, atol=1e-12)
+    np.testing.assert_allclose((planned**2).sum(), 1.5 * (along**2).sum())
+
+    def top_share(x):
+        s = np.linalg.svd(x, compute_uv=False) ** 2
+        return s[0] / s.sum()
+
+    assert top_share(planned) < 0.7 * top_share(natural), (top_share(planned), top_share(natural))
+
+
 def test_bucketed_batches_cover_every_item_and_pad_little():
     """Length-bucketed batches (the plain LM phases) still visit each item once per pass, and
     pad far less than unbucketed ones; bucket 1 is the plain permutation, cut in order."""
