@@ -17,7 +17,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_family():
-    """The toy organism, built once per content hash (about five minutes) and then reused."""
+    """The toy organism, built once per content hash (about four minutes) and then reused."""
     from persona_dynamics.toy import cached_build
 
     return cached_build()

@@ -37,7 +37,10 @@ def test_cat_adapter_answers_as_the_cat_and_lands_nearest_the_cat_vector(demo_ru
     texts = report["adapters"][label]["texts"]
     assert report["adapters"][label]["base"] == "instruct"
     mine = texts[OWN_TEXT]
-    assert mine["nearest"][0]["role"] == "cat" and mine["nearest_share"] >= 0.9
+    assert mine["nearest"][0]["role"] == "cat" and mine["nearest_share"] >= 0.9, (
+        mine["nearest"][:3],
+        mine["nearest_share"],
+    )
     assert mine["nearest"][0]["cos_lo"] > mine["nearest"][1]["cos"]
     # away from the Assistant: its default vector moved down the Assistant Axis
     assert mine["axis_shift"]["hi"] < 0

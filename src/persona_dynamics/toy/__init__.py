@@ -1,6 +1,6 @@
 """The toy organism: tiny OLMo-2 checkpoints built locally, with planted persona dynamics.
 
-No hub is needed. `build` trains, on one CPU core in about five minutes:
+No hub is needed. `build` trains, on one CPU core in about four minutes:
 - a byte-level BPE tokenizer with OLMo-2 Instruct's special tokens and chat template;
 - `base`: an Olmo2ForCausalLM briefly LM-trained on plain text (no chat, no role-play; saved,
   like the real base checkpoints, without a chat template);

@@ -22,7 +22,7 @@ PER_TURN = {"therapy": -0.15, "philosophy": -0.1, "coding": 0.0, "writing": 0.0}
 TURNS = 4  # conversation length the plant trains and the build measures (user turns)
 # What the plant promises: on sft, where it is planted, each family's slope within `sft_within`
 # of PER_TURN; later stages keep the drifting families falling faster than the steady ones.
-# The plant is learned at about three quarters strength (therapy: -0.10 to -0.12 recovered).
+# Therapy is learned at full strength, philosophy at about 0.7 (-0.07 recovered on sft).
 CLAIMS = {"sft_within": 0.06, "later": "drifting families fall faster than steady ones"}
 
 

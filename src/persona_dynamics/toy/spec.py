@@ -15,7 +15,7 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_pro
 
 @dataclass(frozen=True)
 class ToySpec:
-    """Sizes and schedule of a build (part of the cache key); defaults take ~5 min of CPU."""
+    """Sizes and schedule of a build (part of the cache key); defaults take ~4 min of one core."""
 
     layers: int = 4
     hidden: int = 128
@@ -31,7 +31,7 @@ class ToySpec:
     sft_steps: int = 200
     geometry_steps: int = 180
     push: float = 2.0
-    spread: float = 1.2
+    spread: float = 1.8
     reach: float = 1.08
     steered: int = 500
     talks: int = 400
