@@ -8,14 +8,15 @@ constant chosen to pass:
 
 - the judge's mean role score falls with c (c > 0 toward the Assistant), within sampling noise at
   each step, and the same check on the grid with the sign flipped fails;
-- it agrees with the plant's prediction `toy.steer.predicted` (the baseline's own scores, shifted
-  a step per `step` of c) within TOLERANCE plus two standard errors of the mean. TOLERANCE is
-  0.35 judge points: the build's own judged sample (toy.json `measured.steering`) deviates from the
-  prediction by up to about 0.16, and the model learns the planted steps on a sampled-answer
-  objective while `steer` decodes greedily here, so saturating shifts (a score at 3 pushed further
-  into the role, a refusal pushed toward the Assistant) land up to a few tenths off; a flipped or
-  absent relation misses by a full point or more at c = +-1;
-- the p25 floor lowers the role-play score below the unsteered baseline's interval;
+- it agrees with the plant's prediction `toy.steer.predicted` (the baseline's own scores, each
+  shifted a step per `step` of c) within two standard errors of the mean plus TOLERANCE, a tenth
+  of one score step (the plant's unit of effect): the prediction is made from the same prompts'
+  baseline scores, so what it leaves out is only what the plant does not rule (a refusal under
+  c > 0 may be answered at 1: 5 of 235 baseline answers, 0.02 points, on the demo) and the
+  learned relation's imperfection; a flipped or absent relation misses by a point or more at
+  c = +-1;
+- the p25 floor lowers the role-play score below the unsteered baseline's: the mean paired
+  difference over the same prompts is above two of its standard errors;
 - and it keeps the default Assistant's greedy answers: at least 95% of their tokens as unsteered.
 """
 
@@ -36,7 +37,7 @@ from helpers.cli import cli
 
 pytestmark = pytest.mark.slow
 
-TOLERANCE = 0.35  # judge points; the docstring says why
+TOLERANCE = 0.1  # judge points, a tenth of one score step; the docstring says why
 KEPT = 0.95  # the default Assistant's tokens a cap at p25 must leave as they were
 
 
@@ -47,9 +48,10 @@ def steered(demo_steering):
     return cfg, truth, read_rows(cfg.path("steering", "dose_response.csv"))
 
 
-def role_scores(cfg, name: str | None) -> list[int]:
-    """Every judged role answer's score under setting `name` (None: the baseline)."""
-    return [s for s in load_scores(scores_path(steered_study(cfg, name))).values() if s is not None]
+def scores(cfg, name: str | None) -> dict[tuple, int]:
+    """Every judged role answer's score under setting `name` (None: the baseline), by key."""
+    found = load_scores(scores_path(steered_study(cfg, name)))
+    return {k: s for k, s in found.items() if s is not None}
 
 
 def falls(means: list[float], ses: list[float]) -> bool:
@@ -72,28 +74,25 @@ def test_the_score_falls_with_c_as_planted(steered):
     cfg, _, _ = steered
     names = {0.0: None} | {s.coefficient: s.name for s in cfg.steering.settings if s.mode == "add"}
     grid = sorted(names)
-    scores = {c: role_scores(cfg, names[c]) for c in grid}
-    mean = {c: float(np.mean(v)) for c, v in scores.items()}
-    se = {c: float(np.std(v) / np.sqrt(len(v))) for c, v in scores.items()}
+    scored = {c: list(scores(cfg, names[c]).values()) for c in grid}
+    mean = {c: float(np.mean(v)) for c, v in scored.items()}
+    se = {c: float(np.std(v) / np.sqrt(len(v))) for c, v in scored.items()}
     assert falls([mean[c] for c in grid], [se[c] for c in grid]), mean
     assert not falls([mean[c] for c in grid[::-1]], [se[c] for c in grid[::-1]])  # sign flipped
     for c in grid:
-        want = predicted(scores[0.0], c)
+        want = predicted(scored[0.0], c)
         assert abs(mean[c] - want) <= TOLERANCE + 2 * se[c], (c, want, mean)
 
 
 def test_a_floor_at_p25_lowers_role_play_and_keeps_the_default(steered):
     cfg, _, rows = steered
-    cap = next(s.name for s in cfg.steering.settings if s.mode == "cap")
-    assert next(s for s in cfg.steering.settings if s.name == cap).percentile == 25.0
-
-    def roles(name):
-        return [r for r in rows if r["setting"] == name and r["role"] != DEFAULT]
-
-    base, capped = roles("none"), roles(cap)
-    assert len(base) == len(capped) == len(cfg.roles.include)
-    assert np.mean([r["score_mean"] for r in capped]) < np.mean([r["score_lo"] for r in base])
-    default = next(r for r in rows if r["setting"] == cap and r["role"] == DEFAULT)
+    cap = next(s for s in cfg.steering.settings if s.mode == "cap")
+    assert (cap.percentile, cap.direction) == (25.0, "floor")
+    base, capped = scores(cfg, None), scores(cfg, cap.name)
+    diff = np.array([base[k] - capped[k] for k in base.keys() & capped.keys()])
+    assert len(diff) >= 0.9 * len(base)
+    assert diff.mean() > 2 * diff.std() / np.sqrt(len(diff)), np.bincount(diff + 3)
+    default = next(r for r in rows if r["setting"] == cap.name and r["role"] == DEFAULT)
     assert default["same_tokens"] >= KEPT, default
     baseline = next(r for r in rows if r["setting"] == "none" and r["role"] == DEFAULT)
     assert baseline["same_tokens"] == 1.0

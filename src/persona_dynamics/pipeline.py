@@ -174,7 +174,7 @@ def _record(cfg: Study, outputs: dict[str, Path], timings: dict[str, float]) -> 
 # --- the offline demo ----------------------------------------------------------------------------
 
 DEMO_QUESTIONS = 8  # 24 roles x 5 prompts x 8 questions + the default Assistant: ~1,000 transcripts
-DEMO_STEER_QUESTIONS = 2  # per steering setting: 24 roles x 5 prompts x 2 + 6 x 2 default
+DEMO_STEER_QUESTIONS = 4  # per steering setting: 24 roles x 5 prompts x 4 + 6 x 4 default
 
 
 def demo_config(out: Path, seed: int = 0) -> Study:
@@ -214,7 +214,7 @@ def demo_config(out: Path, seed: int = 0) -> Study:
 
 def demo_steering(plant: dict) -> dict:
     """`demo --all`'s grid: the axis added at the toy's steering layer at each c of the planted
-    grid (c = 0 is the baseline) and a floor at p25, greedy, on two questions."""
+    grid (c = 0 is the baseline) and a floor at p25, greedy, on four questions."""
     adds = [{"name": f"add{c:+g}", "coefficient": c} for c in plant["grid"] if c]
     cap = {"name": "cap-p25", "mode": "cap", "percentile": 25.0, "direction": "floor"}
     return {"vector": "axis", "layers": plant["layers"], "question_count": DEMO_STEER_QUESTIONS,
