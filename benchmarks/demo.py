@@ -32,8 +32,8 @@ BUDGETS = {
     "analyze": 20,
     "compare": 20,
     "place": 20,
-    "calibrate": 20,  # `--all`; measured 2026-12-06 (2 cores shared): calibrate 4, steer 55
-    "steer": 240,
+    "calibrate": 20,  # `--all`; measured 2026-12-06 (2 cores, shared): calibrate 4.8, steer 91
+    "steer": 270,
     "report": 15,
 }
 TOTAL = 600

@@ -11,10 +11,10 @@ constant chosen to pass:
 - it agrees with the plant's prediction `toy.steer.predicted` (the baseline's own scores, each
   shifted a step per `step` of c) within two standard errors of the mean plus TOLERANCE, a tenth
   of one score step (the plant's unit of effect): the prediction is made from the same prompts'
-  baseline scores, so what it leaves out is only what the plant does not rule (a refusal under
-  c > 0 may be answered at 1: 5 of 235 baseline answers, 0.02 points, on the demo) and the
-  learned relation's imperfection; a flipped or absent relation misses by a point or more at
-  c = +-1;
+  baseline scores, so what it leaves out is only where the learned relation departs from the
+  rule: refusals, which the plant never trains under c (on the demo 12 of 474 baseline answers;
+  they end up 0.03 points off at most) and the relation's imperfection; a flipped or absent
+  relation misses by a point or more at c = +-1;
 - the p25 floor lowers the role-play score below the unsteered baseline's: the mean paired
   difference over the same prompts is above two of its standard errors;
 - and it keeps the default Assistant's greedy answers: at least 95% of their tokens as unsteered.
