@@ -112,7 +112,8 @@ def test_steering_notebook_steers_the_demo(demo_steering, tmp_path):
     assert [f["layout"]["title"]["text"] for f in figures] == [
         f"Dose-response at layer {truth['steering']['layers'][0]}"
     ]
-    shown = ast.literal_eval(nb.cells[-1].outputs[0]["data"]["text/plain"])
+    last = next(o for o in nb.cells[-1].outputs if o["output_type"] == "execute_result")
+    shown = ast.literal_eval(last["data"]["text/plain"])
     grid = sorted(shown["dose"])
     assert grid == truth["steering"]["grid"] and list(shown["caps"]) == ["cap-p25"]
     assert shown["dose"][grid[0]] > shown["dose"][grid[-1]]  # the planted sign
