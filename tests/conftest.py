@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random OLMo-2 model, the toy organism and the offline demo run."""
+"""Shared fixtures: a tiny random OLMo-2 model, the toy organism, the offline demo run and its
+steering grid."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import cli
 from helpers.tiny import write_tiny_model
 
 
@@ -32,3 +34,20 @@ def demo_run(tmp_path_factory, toy_family):
     cfg = demo_config(out)
     outputs = run_study(cfg)
     return cfg, outputs
+
+
+@pytest.fixture(scope="session")
+def demo_steering(demo_run, tmp_path_factory):
+    """The demo config's calibrate and steer (what `demo --all` adds), run through the CLI on the
+    demo's outputs once per test session; (config, toy.json)."""
+    import json
+
+    from persona_dynamics.config import dump
+
+    cfg, _ = demo_run
+    conf = tmp_path_factory.mktemp("steer") / "demo.toml"
+    conf.write_text(dump(cfg))
+    for stage in ("calibrate", "steer"):
+        r = cli(stage, str(conf))
+        assert r.returncode == 0, (stage, r.stderr[-2000:])
+    return cfg, json.loads((cfg.output_root / "toy" / "toy.json").read_text())

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from persona_dynamics.config import Study, dump, load, parse
+from persona_dynamics.config import STAGES, USE_STAGES, Study, dump, load, parse
 from persona_dynamics.errors import PersonaDynamicsError
+from persona_dynamics.pipeline import skipped
 
 from helpers.paths import ROOT
+from helpers.study import make_study
 
 MINIMAL = """
 run_name = "t"
@@ -139,3 +141,17 @@ def test_every_shipped_study_loads_and_captures_its_lead_layer(path):
     layers = cfg.capture.layers
     if cfg.analysis.lead_layer is not None and isinstance(layers, list):
         assert cfg.analysis.lead_layer in layers
+
+
+def test_use_stages_run_before_the_report_and_only_with_their_sections(tmp_path):
+    assert STAGES[-1] == "report" and STAGES.index("place") < min(map(STAGES.index, USE_STAGES))
+    bare = make_study(tmp_path)
+    assert all(skipped(bare, s) for s in USE_STAGES)
+    assert "[drift]" not in dump(bare)  # so `run` on a dumped config still skips drift
+    full = make_study(
+        tmp_path,
+        steering={"settings": [{"name": "up", "coefficient": 1.0}]},
+        drift={"turns": 2},
+        traits={"specs": [str(tmp_path / "t.json")]},
+    )
+    assert [skipped(full, s) for s in USE_STAGES] == [None] * 4

@@ -1,7 +1,9 @@
-"""notebooks/axis_explorer.ipynb executed with nbclient on a planted run's analysis files."""
+"""The notebooks executed with nbclient: axis_explorer.ipynb on a planted run's analysis files and
+the demo's, steering.ipynb on the demo's steered run."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -12,9 +14,12 @@ import nbformat
 import numpy as np
 import pytest
 
+from persona_dynamics.config import dump
+
 from helpers.planted_run import ADAPTER, SHIFT, build
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "axis_explorer.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "axis_explorer.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
@@ -24,15 +29,17 @@ PLOTLY = "application/vnd.plotly.v1+json"
 CELL_TIMEOUT = 60
 
 
-def execute(tmp_path: Path, run_dir: Path):
-    """Run the notebook in a fresh process (a kernel's event loop must not share pytest's)."""
+def execute(tmp_path, run_dir, notebook=NOTEBOOK, cell_timeout=CELL_TIMEOUT, **extra) -> dict:
+    """Run a notebook in a fresh process (a kernel's event loop must not share pytest's), with
+    PERSONA_DYNAMICS_RUN and `extra` set."""
     out = tmp_path / "executed.ipynb"
     env = {**os.environ, "PERSONA_DYNAMICS_RUN": str(run_dir)}
     env.pop("PERSONA_DYNAMICS_CONFIG", None)
+    env.update(extra)
     subprocess.run(
         [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-         f"--ExecutePreprocessor.timeout={CELL_TIMEOUT}",
-         "--ExecutePreprocessor.kernel_name=python3", "--output", str(out), str(NOTEBOOK)],
+         f"--ExecutePreprocessor.timeout={cell_timeout}",
+         "--ExecutePreprocessor.kernel_name=python3", "--output", str(out), str(notebook)],
         cwd=tmp_path, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     return nbformat.read(out, as_version=4)
@@ -89,3 +96,26 @@ def test_axis_explorer_runs_on_the_demo_outputs(demo_run, tmp_path):
     stages = [s for s in mean["x"] if s != "base"]  # the toy plants the order from sft on
     ys = [y for s, y in zip(mean["x"], mean["y"], strict=True) if s != "base"]
     assert stages == ["sft", "dpo", "rlvr-1", "rlvr-2", "instruct"] and ys == sorted(ys)
+
+
+@pytest.mark.slow
+def test_steering_notebook_steers_the_demo(demo_steering, tmp_path):
+    cfg, truth = demo_steering
+    conf = tmp_path / "demo.toml"
+    conf.write_text(dump(cfg))
+    # no widgets there, so no per-cell limit short of the run's: its model cells take about 10 s
+    # on 2 idle cores and minutes on busy ones
+    env = {"PERSONA_DYNAMICS_CONFIG": str(conf), "PERSONA_DYNAMICS_ROOT": str(tmp_path)}
+    nb = execute(tmp_path, None, NOTEBOOKS / "steering.ipynb", 600, **env)
+    outs = outputs(nb)
+    errors = [o for o in outs if o["output_type"] == "error"]
+    assert not errors, errors[0]["traceback"][-3:] if errors else None
+    figures = [o["data"][PLOTLY] for o in outs if PLOTLY in o.get("data", {})]
+    assert [f["layout"]["title"]["text"] for f in figures] == [
+        f"Dose-response at layer {truth['steering']['layers'][0]}"
+    ]
+    last = next(o for o in nb.cells[-1].outputs if o["output_type"] == "execute_result")
+    shown = ast.literal_eval(last["data"]["text/plain"])
+    grid = sorted(shown["dose"])
+    assert grid == truth["steering"]["grid"] and list(shown["caps"]) == ["cap-p25"]
+    assert shown["dose"][grid[0]] > shown["dose"][grid[-1]]  # the planted sign

@@ -686,11 +686,14 @@ def report(
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output root")] = Path("outputs"),
     seed: Annotated[int, typer.Option(help="toy organism seed")] = 0,
+    all_stages: Annotated[
+        bool, typer.Option("--all", help="also calibrate and steer (and drift, traits)")
+    ] = False,
 ) -> None:
     """Run the whole study offline on the toy organism and print where the report is."""
     from persona_dynamics.pipeline import run_demo
 
-    report = run_demo(out, seed)
+    report = run_demo(out, seed, all_stages)
     typer.echo(f"report: {report}")
 
 

@@ -323,6 +323,9 @@ class Steering(Section):
     question_count: int | None = Field(
         default=None, ge=1, description="`steer`: first N questions (default: roles')"
     )
+    temperature: float | None = Field(
+        default=None, ge=0.0, description="`steer`: sampling (default: generation's; 0: greedy)"
+    )
     capability_text: Path | None = Field(
         default=None, description="plain passages, one per line; default: baseline's default text"
     )
@@ -440,8 +443,12 @@ class Adapters(Section):
         return self
 
 
-Stage = Literal["generate", "judge", "adapters", "capture", "analyze", "compare", "place", "report"]
+Stage = Literal[
+    "generate", "judge", "adapters", "capture", "analyze", "compare", "place",
+    "calibrate", "steer", "drift", "traits", "report",
+]  # fmt: skip
 STAGES: tuple[str, ...] = Stage.__args__
+USE_STAGES = ("calibrate", "steer", "drift", "traits")  # using the axis: optional, by section
 
 
 Kind = Literal[
@@ -472,7 +479,7 @@ class Study(Section):
     stages: list[Stage] = Field(
         default_factory=lambda: list(STAGES),
         description="stages `run` executes, in pipeline order; a stage whose section is absent "
-        "(judge, adapters) is skipped",
+        "(judge, adapters, steering settings, drift, traits specs) is skipped",
     )
     checkpoints: Annotated[list[Checkpoint], Field(min_length=1)]
     roles: Roles = Field(default_factory=Roles)
@@ -482,7 +489,7 @@ class Study(Section):
     analysis: Analysis = Field(default_factory=Analysis)
     adapters: Adapters | None = None
     steering: Steering = Field(default_factory=Steering)
-    drift: Drift = Field(default_factory=Drift)
+    drift: Drift | None = None
     traits: Traits = Field(default_factory=Traits)
     report: Report = Field(default_factory=Report)
 
@@ -505,8 +512,8 @@ class Study(Section):
             *(("capture.checkpoints", x) for x in self.capture.checkpoints),
             *(("adapters.training.base", a.base) for a in getattr(self.adapters, "training", [])),
             ("steering.checkpoint", self.steering.checkpoint),
-            *(("drift.checkpoints", x) for x in self.drift.checkpoints),
-            ("drift.user_simulator", self.drift.user_simulator),
+            *(("drift.checkpoints", x) for x in getattr(self.drift, "checkpoints", [])),
+            ("drift.user_simulator", getattr(self.drift, "user_simulator", None)),
             ("traits.checkpoint", self.traits.checkpoint),
         ):
             if value is not None and value not in labels:

@@ -1,7 +1,8 @@
 """The whole study in order: `run_study(cfg)` runs every stage a config names, each resuming.
 
 Stages are looked up by name so that a study that never trains adapters never imports peft, and
-a stage whose config section is absent (no `[judge]`, no `[adapters]`) is skipped with a note.
+a stage whose config section is absent (no `[judge]`, `[adapters]`, `[[steering.settings]]`,
+`[drift]` or `[traits] specs`) is skipped with a note.
 Before `place`, each adapter's own-text generate and capture runs here (`run_own_text`), as the
 stage work whose files `place` reads. Timings go to `<output_root>/runs/<run>.json`, which the demo
 benchmark checks against budgets.
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from persona_dynamics import __version__
-from persona_dynamics.config import NO_SETTING, STAGES, Study, dump
+from persona_dynamics.config import NO_SETTING, STAGES, USE_STAGES, Study, dump
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.files import write_json
 
@@ -31,6 +32,10 @@ RUNNERS = {
     "analyze": "persona_dynamics.analysis:run_analyze",
     "compare": "persona_dynamics.analysis:run_compare",
     "place": "persona_dynamics.adapters.place:run_place",
+    "calibrate": "persona_dynamics.steering.calibrate:run_calibrate",
+    "steer": "persona_dynamics.pipeline:run_steer",
+    "drift": "persona_dynamics.drift.run:run_drift",
+    "traits": "persona_dynamics.traits.run:run_traits",
     "report": "persona_dynamics.report:run_report",
 }
 
@@ -49,6 +54,12 @@ def skipped(cfg: Study, stage: str) -> str | None:
         return "no [[adapters.training]] entries"
     if stage == "place" and not any(c.adapter for c in cfg.checkpoints):
         return "no checkpoint carries an adapter"
+    if stage in ("calibrate", "steer") and not cfg.steering.settings:
+        return "no [[steering.settings]] entries"
+    if stage == "drift" and cfg.drift is None:
+        return "no [drift] section"
+    if stage == "traits" and not cfg.traits.specs:
+        return "no [traits] specs"
     return None
 
 
@@ -163,6 +174,7 @@ def _record(cfg: Study, outputs: dict[str, Path], timings: dict[str, float]) -> 
 # --- the offline demo ----------------------------------------------------------------------------
 
 DEMO_QUESTIONS = 8  # 24 roles x 5 prompts x 8 questions + the default Assistant: ~1,000 transcripts
+DEMO_STEER_QUESTIONS = 4  # per steering setting: 24 roles x 5 prompts x 4 + 6 x 4 default
 
 
 def demo_config(out: Path, seed: int = 0) -> Study:
@@ -195,11 +207,23 @@ def demo_config(out: Path, seed: int = 0) -> Study:
         generation={"max_tokens": 96, "batch_tokens": 65536},  # toy answers end by ~75 tokens
         analysis={"bootstrap": 100, "refit": True},
         adapters={"training": [t.model_dump(mode="json") for t in trainings]},
+        stages=[s for s in STAGES if s not in USE_STAGES],  # `demo --all` runs these too
+        steering=demo_steering(family.truth["steering"]),
     )
 
 
-def run_demo(out: Path = Path("outputs"), seed: int = 0) -> Path:
-    """Build (or reuse) the toy organism and run the whole study on it; return the report."""
+def demo_steering(plant: dict) -> dict:
+    """`demo --all`'s grid: the axis added at the toy's steering layer at each c of the planted
+    grid (c = 0 is the baseline) and a floor at p25, greedy, on four questions."""
+    adds = [{"name": f"add{c:+g}", "coefficient": c} for c in plant["grid"] if c]
+    cap = {"name": "cap-p25", "mode": "cap", "percentile": 25.0, "direction": "floor"}
+    return {"vector": "axis", "layers": plant["layers"], "question_count": DEMO_STEER_QUESTIONS,
+            "temperature": 0.0, "settings": [*adds, cap]}  # fmt: skip
+
+
+def run_demo(out: Path = Path("outputs"), seed: int = 0, all_stages: bool = False) -> Path:
+    """Build (or reuse) the toy organism and run the whole study on it (with `all_stages`, the
+    use stages too: calibrate, steer, and drift and traits where configured); return the report."""
     cfg = demo_config(out, seed)
-    outputs = run_study(cfg)
+    outputs = run_study(cfg, STAGES if all_stages else None)
     return outputs["report"]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from persona_dynamics import __version__
 from persona_dynamics.chat import encode
-from persona_dynamics.config import Study
+from persona_dynamics.config import Drift, Study
 from persona_dynamics.conversations import Conversation, load_conversations
 from persona_dynamics.drift.slopes import slope_rows
 from persona_dynamics.errors import PersonaDynamicsError
@@ -126,6 +126,8 @@ def project(model, tok, convs, talks, layers, frame) -> dict[tuple[str, int, int
 
 def run_drift(cfg: Study) -> Path:
     """Dialogues, per-turn projections and slopes for every selected label; returns drift/<run>."""
+    if cfg.drift is None:  # no [drift] section: the shipped scripts, every default
+        cfg = cfg.model_copy(update={"drift": Drift()})
     with hold(lock_file(cfg.path("drift"), "drift")):
         return _run_drift(cfg)
 

@@ -110,7 +110,8 @@ def jailbreaks_dir() -> Path:
 def steered_study(cfg: Study, name: str | None) -> Study:
     """The study whose generating checkpoint is the steering checkpoint under setting `name`
     (None: the unsteered baseline, a zero addition labelled `<label>+none`, so its text never
-    mixes with the study's), over steering.roles, question_count and prompts when given."""
+    mixes with the study's), over steering.roles, question_count, prompts and temperature
+    when given."""
     base = cfg.checkpoint(cfg.steering.checkpoint or cfg.reference_label)
     data = cfg.model_dump(mode="json", exclude_none=True)
     if name is None:
@@ -132,4 +133,6 @@ def steered_study(cfg: Study, name: str | None) -> Study:
         data["roles"]["include"] = list(s.roles)
     if s.question_count is not None:
         data["roles"]["question_count"] = s.question_count
+    if s.temperature is not None:
+        data["generation"]["temperature"] = s.temperature
     return parse(data, f"steering setting {name}")
