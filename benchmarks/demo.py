@@ -24,7 +24,7 @@ from persona_dynamics.toy import cached_build
 # seconds on 2 idle cores; measured 2026-11-27: toy 102, generate 24, judge 11, adapters 28,
 # capture 21, analyze 0.1, compare 2.7, place 3.4, report 1.5 (about 3x headroom each)
 BUDGETS = {
-    "toy": 180,
+    "toy": 360,  # v5 (drift and trait plants): 238 s of one core, 2026-12-06
     "generate": 75,
     "judge": 40,
     "adapters": 90,
@@ -34,6 +34,8 @@ BUDGETS = {
     "place": 20,
     "calibrate": 20,  # `--all`; measured 2026-12-06 (2 cores, shared): calibrate 4.8, steer 91
     "steer": 270,
+    "drift": 120,
+    "traits": 120,
     "report": 15,
 }
 TOTAL = 600
