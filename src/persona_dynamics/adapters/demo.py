@@ -27,7 +27,7 @@ TOY_TRAINING = {  # sized for the toy model on 2 CPU cores
     "r": toy.LORA["r"],
     "alpha": toy.LORA["lora_alpha"],
     "dropout": toy.LORA["lora_dropout"],
-    "learning_rate": 2e-3,
+    "learning_rate": 4e-3,
     "max_steps": 90,
     "batch_size": 8,
     "max_length": 256,
