@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from persona_dynamics.config import Checkpoint, Generation
+from persona_dynamics.config import Checkpoint, Generation, load
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation import run_generate
 from persona_dynamics.generation.requests import (
@@ -29,7 +29,7 @@ from persona_dynamics.generation.requests import (
     display_name,
     response_tokens,
 )
-from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, vllm_inputs
+from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, lora_args, vllm_inputs
 from persona_dynamics.models import load_tokenizer
 from persona_dynamics.transcripts import read_transcripts, selection, transcripts_dir
 
@@ -103,10 +103,47 @@ def test_engine_args_cpu_defaults_then_the_table():
     assert mine["enable_chunked_prefill"] is True  # the table wins over the CPU default
 
 
-def test_engine_args_unknown_key_is_named():
+def test_engine_args_unknown_key_names_the_file_and_key():
     gen = Generation(vllm={"max_num_seq": 8})
-    with pytest.raises(PersonaDynamicsError, match=r"generation\.vllm\.max_num_seq: not a keyword"):
-        engine_args("m", None, gen, KNOWN, cpu=True)
+    with pytest.raises(PersonaDynamicsError) as info:
+        engine_args("m", None, gen, KNOWN, cpu=True, source="study.toml")
+    assert str(info.value).startswith("study.toml: generation.vllm.max_num_seq: not a keyword")
+
+
+def test_a_vllm_key_the_study_sets_names_the_file_and_key(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(
+        'run_name = "r"\n[[checkpoints]]\nlabel = "a"\nmodel = "m"\n'
+        '[generation.vllm]\ndtype = "half"\n'
+    )
+    with pytest.raises(PersonaDynamicsError) as info:
+        load(path)
+    assert str(info.value).startswith(
+        f"{path}: generation.vllm: Value error, 'dtype' is set by generation.dtype, not here"
+    )
+    path.write_text('run_name = "r"\n[[checkpoints]]\nlabel = "a"\nmodel = "m"\n')
+    assert load(path).source == str(path)  # what the unknown-key error above names
+
+
+def adapter(tmp_path, **config) -> str:
+    """A directory holding just a PEFT adapter_config.json."""
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def test_lora_args_take_the_smallest_rank_slot_that_holds_the_adapter(tmp_path):
+    assert lora_args(adapter(tmp_path, r=4)) == {
+        "enable_lora": True,
+        "max_lora_rank": 8,
+        "max_loras": 1,
+    }
+    assert lora_args(adapter(tmp_path, r=8, rank_pattern={"q_proj": 24}))["max_lora_rank"] == 32
+    args = engine_args("m", None, Generation(), KNOWN, cpu=True, adapter=adapter(tmp_path, r=16))
+    assert args["enable_lora"] is True and args["max_lora_rank"] == 16
+    with pytest.raises(PersonaDynamicsError, match=r"LoRA rank 1024 is above vLLM's largest"):
+        lora_args(adapter(tmp_path, r=1024))
+    with pytest.raises(PersonaDynamicsError, match=r"not a PEFT adapter \(no adapter_config"):
+        lora_args(str(tmp_path / "nowhere"))
 
 
 def test_response_tokens_leave_out_the_eos():
@@ -221,6 +258,76 @@ def test_seeded_sampling_past_one_prefill_chunk_reruns_identically(toy_family, t
         gen.close()
     assert len(first) == 2 * len(prompts) and again == first
     assert len(set(first.values())) > len(prompts)  # sampled, not greedy: rollouts differ
+
+
+# --- a LoRA adapter through vLLM's LoRA support -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_lora(tmp_path_factory, toy_family):
+    """A PEFT LoRA (the toy's settings: rank 8 on q_proj, v_proj) on the toy instruct checkpoint,
+    with random weights in both factors so it moves every answer."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from persona_dynamics.toy.spec import LORA
+
+    out = tmp_path_factory.mktemp("toy-lora") / "lora"
+    model = AutoModelForCausalLM.from_pretrained(toy_family.checkpoints["instruct"])
+    torch.manual_seed(0)
+    config = peft.LoraConfig(**LORA, init_lora_weights=False, task_type="CAUSAL_LM")
+    peft.get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_greedy(tmp_path_factory, toy_family, toy_lora):
+    """The adapter's own text (default prompts x 8 questions: 48 prompts), greedy in float32,
+    through vllm and through hf + peft."""
+    from persona_dynamics.adapters.place import own_text_config
+    from persona_dynamics.toy import study_config
+
+    instruct = str(toy_family.checkpoints["instruct"])
+    ckpts = [
+        {"label": "instruct", "model": instruct},
+        {"label": "lora", "model": instruct, "adapter": str(toy_lora)},
+    ]
+    settings = {"temperature": 0.0, "max_tokens": 48, "dtype": "float32"}
+    return {
+        backend: run_generate(
+            own_text_config(
+                study_config(
+                    toy_family,
+                    "lora",
+                    tmp_path_factory.mktemp(f"lora-{backend}"),
+                    checkpoints=ckpts,
+                    roles__question_count=8,
+                    generation={"backend": backend, **settings},
+                ),
+                "lora",
+            )
+        )
+        for backend in ("vllm", "hf")
+    }
+
+
+@REAL
+@pytest.mark.slow
+def test_greedy_vllm_lora_matches_hf_peft_and_moves_the_text(lora_greedy, greedy, toy_lora):
+    vllm, hf = rows_by_key(lora_greedy["vllm"]), rows_by_key(lora_greedy["hf"])
+    assert len(hf) == 48 and vllm.keys() == hf.keys()
+    same = [k for k in hf if vllm[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy LoRA responses agree"
+    for k in same:
+        assert vllm[k]["n_tokens"] == hf[k]["n_tokens"], k
+    base = rows_by_key(greedy["hf"])  # the same prompts without the adapter
+    shared = [k for k in hf if k in base]
+    assert len(shared) >= 12
+    assert sum(hf[k]["response"] != base[k]["response"] for k in shared) >= 0.9 * len(shared)
+    man = json.loads((lora_greedy["vllm"] / "manifest.json").read_text())
+    assert man["backend"] == "vllm" and man["adapter"] == str(toy_lora)
+    assert man["engine_args"]["enable_lora"] is True and man["engine_args"]["max_lora_rank"] == 8
 
 
 # --- the served path: a real vLLM OpenAI-compatible server, the openai backend -------------------
