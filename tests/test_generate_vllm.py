@@ -8,6 +8,7 @@ prompt tokens), where seeded sampling and chunked prefill once crashed vLLM's CP
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -342,15 +345,20 @@ def serve_command(model: str, port: int) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def vllm_server(toy_family, tmp_path_factory):
-    """A vLLM server on the toy's instruct checkpoint (its own process group); its base URL."""
+@contextlib.contextmanager
+def served(model: str, log: Path, core: int):
+    """A vLLM server on `model` (its own process group), its engine pinned to one core; yields
+    (process, base URL)."""
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
-    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CPU_OMP_THREADS_BIND": str(core),  # replicas side by side, a core each
+    }
     with log.open("w") as out:
         server = subprocess.Popen(
-            serve_command(str(toy_family.checkpoints["instruct"]), port),
+            serve_command(model, port),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -364,6 +372,32 @@ def vllm_server(toy_family, tmp_path_factory):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(toy_family, tmp_path_factory):
+    """A vLLM server on the toy's instruct checkpoint; (process, base URL)."""
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    with served(str(toy_family.checkpoints["instruct"]), log, core=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def vllm_replica(toy_family, tmp_path_factory):
+    """A second vLLM server on the same checkpoint, on the other core; (process, base URL)."""
+    log = tmp_path_factory.mktemp("vllm-replica") / "serve.log"
+    with served(str(toy_family.checkpoints["instruct"]), log, core=1) as server:
+        yield server
+
+
+def requests_served(url: str) -> float:
+    """How many requests a vLLM server has finished, from its Prometheus /metrics."""
+    text = urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
 
 
 @REAL
@@ -380,6 +414,28 @@ def test_served_vllm_matches_hf_and_counts_tokens_alike(vllm_server, greedy, tmp
     assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
     for k in same:
         assert served[k]["n_tokens"] == hf[k]["n_tokens"], k
+
+
+@REAL
+@pytest.mark.slow
+def test_two_served_replicas_share_the_work_and_match_hf(
+    vllm_server, vllm_replica, greedy, tmp_path, toy_family
+):
+    urls = [vllm_server[1], vllm_replica[1]]
+    before = [requests_served(u) for u in urls]
+    cfg = toy_study(
+        toy_family, tmp_path, "replicas", backend="openai", base_urls=urls, max_in_flight=8
+    )
+    cfg.generation.temperature, cfg.generation.max_tokens = 0.0, 48
+    out = run_generate(cfg)
+    served_rows, hf = rows_by_key(out), rows_by_key(greedy["hf"])
+    assert served_rows.keys() == hf.keys()
+    same = [k for k in hf if served_rows[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
+    share = [requests_served(u) - b for u, b in zip(urls, before, strict=True)]
+    assert sum(share) == len(hf) and min(share) >= 0.25 * len(hf), share  # least-loaded first
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["base_urls"] == urls and {m["base_url"] for m in man["served"]} == set(urls)
 
 
 @REAL
