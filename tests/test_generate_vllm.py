@@ -8,17 +8,13 @@ prompt tokens), where seeded sampling and chunked prefill once crashed vLLM's CP
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -36,7 +32,7 @@ from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, lora_ar
 from persona_dynamics.models import load_tokenizer
 from persona_dynamics.transcripts import read_transcripts, selection, transcripts_dir
 
-from helpers.serving import free_port, wait_up
+from helpers.serving import vllm_served
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 NEED_VLLM = os.environ.get("PERSONA_DYNAMICS_NEED_VLLM") == "1"  # CI's vLLM lane: fail, never skip
@@ -336,49 +332,11 @@ def test_greedy_vllm_lora_matches_hf_peft_and_moves_the_text(lora_greedy, greedy
 # --- the served path: a real vLLM OpenAI-compatible server, the openai backend -------------------
 
 
-def serve_command(model: str, port: int) -> list[str]:
-    """The README's command serving a checkpoint with vLLM on CPU (its `vllm` script is broken)."""
-    return [
-        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model),
-        *("--dtype", "float32", "--no-enable-chunked-prefill"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
-
-
-@contextlib.contextmanager
-def served(model: str, log: Path, core: int):
-    """A vLLM server on `model` (its own process group), its engine pinned to one core; yields
-    (process, base URL)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_HOST_IP": "127.0.0.1",
-        "VLLM_CPU_OMP_THREADS_BIND": str(core),  # replicas side by side, a core each
-    }
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            serve_command(model, port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_up(server, url, "vllm server", 300, log)  # start-up compiles the model
-        yield server, url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 @pytest.fixture(scope="module")
 def vllm_server(toy_family, tmp_path_factory):
     """A vLLM server on the toy's instruct checkpoint; (process, base URL)."""
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    with served(str(toy_family.checkpoints["instruct"]), log, core=0) as server:
+    with vllm_served(str(toy_family.checkpoints["instruct"]), log, core=0) as server:
         yield server
 
 
@@ -386,7 +344,7 @@ def vllm_server(toy_family, tmp_path_factory):
 def vllm_replica(toy_family, tmp_path_factory):
     """A second vLLM server on the same checkpoint, on the other core; (process, base URL)."""
     log = tmp_path_factory.mktemp("vllm-replica") / "serve.log"
-    with served(str(toy_family.checkpoints["instruct"]), log, core=1) as server:
+    with vllm_served(str(toy_family.checkpoints["instruct"]), log, core=1) as server:
         yield server
 
 
