@@ -435,7 +435,8 @@ def test_an_engine_that_died_is_one_line_naming_the_checkpoint(toy_family, tmp_p
     reqs = build_requests(roles, questions, display_name(cfg), 1, seed=0)
     gen = VLLMGenerator(cfg.generating_checkpoint(), cfg.generation)
     try:
-        (core,) = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+        # this engine's core is a child of this process; a served replica's is its server's
+        (core,) = [p for p in psutil.Process().children() if "EngineCore" in p.name()]
         core.kill()
         core.wait(30)
         with pytest.raises(PersonaDynamicsError) as info:
