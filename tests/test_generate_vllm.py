@@ -400,6 +400,34 @@ def test_two_served_replicas_share_the_work_and_match_hf(
 
 @REAL
 @pytest.mark.slow
+def test_a_served_lora_module_matches_hf_peft(lora_greedy, toy_lora, toy_family, tmp_path):
+    from persona_dynamics.adapters.place import own_text_config
+    from persona_dynamics.toy import study_config
+
+    instruct = str(toy_family.checkpoints["instruct"])
+    lora = ("--enable-lora", "--max-lora-rank", "8", "--lora-modules", f"lora={toy_lora}")
+    with vllm_served(instruct, tmp_path / "serve.log", 0, *lora) as (_, url):
+        cfg = study_config(
+            toy_family,
+            "lora",
+            tmp_path,
+            checkpoints=[
+                {"label": "instruct", "model": instruct},
+                {"label": "lora", "model": instruct, "adapter": str(toy_lora)},
+            ],
+            roles__question_count=8,
+            generation={"backend": "openai", "base_urls": [url], "temperature": 0.0},
+        )
+        cfg.generation.max_tokens = 48
+        served = rows_by_key(run_generate(own_text_config(cfg, "lora")))
+    hf = rows_by_key(lora_greedy["hf"])
+    assert served.keys() == hf.keys()
+    same = [k for k in hf if served[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} served LoRA responses agree"
+
+
+@REAL
+@pytest.mark.slow
 def test_served_vllm_killed_mid_run_is_named(vllm_server, tmp_path, toy_family):
     server, url = vllm_server
     cfg = toy_study(toy_family, tmp_path, "killed", backend="openai", base_urls=[url])

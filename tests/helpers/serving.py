@@ -36,17 +36,18 @@ def wait_up(server: subprocess.Popen, url: str, what: str, seconds: float, log: 
             time.sleep(0.5)
 
 
-def serve_command(model: str, port: int) -> list[str]:
-    """The README's command serving a checkpoint with vLLM on CPU (its `vllm` script is broken)."""
+def serve_command(model: str, port: int, *extra: str) -> list[str]:
+    """The README's command serving a checkpoint with vLLM on CPU (its `vllm` script is broken),
+    plus `extra` arguments (the LoRA modules)."""
     return [
         *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model),
         *("--dtype", "float32", "--no-enable-chunked-prefill"),
-        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--host", "127.0.0.1", "--port", str(port), *extra),
     ]
 
 
 @contextlib.contextmanager
-def vllm_served(model: str, log: Path, core: int):
+def vllm_served(model: str, log: Path, core: int, *extra: str):
     """A vLLM server on `model` (its own process group, killed on exit), its engine on one core
     so that replicas run side by side; yields (process, base URL)."""
     port = free_port()
@@ -58,7 +59,7 @@ def vllm_served(model: str, log: Path, core: int):
     }
     with log.open("w") as out:
         server = subprocess.Popen(
-            serve_command(model, port),
+            serve_command(model, port, *extra),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
