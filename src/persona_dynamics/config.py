@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -492,6 +493,12 @@ class Study(Section):
     drift: Drift | None = None
     traits: Traits = Field(default_factory=Traits)
     report: Report = Field(default_factory=Report)
+    _source: str = PrivateAttr(default="<config>")  # the file it was read from, for errors
+
+    @property
+    def source(self) -> str:
+        """The config file this study was read from ('<config>' when built in code)."""
+        return self._source
 
     @field_validator("run_name")
     @classmethod
@@ -629,10 +636,12 @@ def parse(data: dict[str, Any], source: str | Path = "<config>") -> Study:
     and what was expected."""
     data = with_preset(data, source)
     try:
-        return Study.model_validate(data)
+        study = Study.model_validate(data)
     except ValidationError as exc:
         lines = [f"{_loc(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
         raise PersonaDynamicsError(located(source, "; ".join(lines))) from None
+    study._source = str(source)
+    return study
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:

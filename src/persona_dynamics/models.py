@@ -13,6 +13,7 @@ from pathlib import Path
 
 from persona_dynamics.config import Checkpoint
 from persona_dynamics.errors import PersonaDynamicsError, require
+from persona_dynamics.roles import read_json
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,14 @@ def load_config(model: str, revision: str = "main"):
         raise _hub_error(model, revision, exc) from None
 
 
+def adapter_config(adapter: str) -> dict:
+    """A PEFT adapter directory's adapter_config.json, or an error naming the directory."""
+    path = Path(adapter, "adapter_config.json")
+    if not path.exists():
+        raise PersonaDynamicsError(f"{adapter}: not a PEFT adapter (no adapter_config.json)")
+    return read_json(path, obj=True)
+
+
 @dataclass
 class Loaded:
     """A model ready for inference, with what identifies it."""
@@ -200,10 +209,7 @@ def load_model(
         raise _hub_error(ckpt.model, ckpt.revision, exc) from None
     if ckpt.adapter:
         peft = require("train", "peft")
-        if not Path(ckpt.adapter, "adapter_config.json").exists():
-            raise PersonaDynamicsError(
-                f"{ckpt.adapter}: not a PEFT adapter (no adapter_config.json)"
-            )
+        adapter_config(ckpt.adapter)
         model = peft.PeftModel.from_pretrained(model, ckpt.adapter)
         if merge:
             model = model.merge_and_unload()

